@@ -1,0 +1,1 @@
+"""The `service-registry` console command."""

@@ -1,0 +1,68 @@
+"""`service-registry`: run the server and operate the fleet.
+
+Exit codes: 0 success, 1 not found, 2 usage, 3 server unavailable, 4 other errors.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from server import config
+
+EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_ERROR = 1, 2, 3, 4
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """Service Registry: agent registration, discovery and watching on Redis.
+
+    \b
+    Example:
+      service-registry serve --redis-url redis://localhost:6379
+    """
+
+
+def _serve_options(fn):
+    """One flag per setting in server/config.py; environment variables give the defaults."""
+    for name, var in reversed(list(config.ENVIRONMENT.items())):
+        flag = "--" + name.replace("_", "-")
+        fn = click.option(flag, name, default=None, help=f"[env {var}]")(fn)
+    return fn
+
+
+@cli.command()
+@_serve_options
+def serve(**flags):
+    """Run the gRPC server (embedded store unless REDIS_URL / --redis-url is set).
+
+    \b
+    Example:
+      REDIS_URL=redis://localhost:6379 HEARTBEAT_TIMEOUT=30 service-registry serve --port 50051
+    """
+    from server import app, logs
+
+    try:
+        settings = config.load(flags)
+    except config.ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    logs.setup(settings.log_format, settings.log_level)
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(app.run(settings))
+    except KeyboardInterrupt:
+        pass
+
+
+def main():
+    cli()
+
+
+if __name__ == "__main__":
+    main()

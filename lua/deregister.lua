@@ -1,0 +1,19 @@
+--[[ deregister: remove an agent and every index entry (also used for eviction).
+KEYS[1] log   KEYS[2] deadlines   KEYS[3] agent hash
+ARGV[1] namespace prefix   ARGV[2] agent name   ARGV[3] log max length
+ARGV[4] event: "deregistered" or "evicted"   ARGV[5] reason (logged with evictions)
+ARGV[6] owner required ("" = any)
+Returns 1 when a live agent was removed, 0 when it was already gone (not an error, so a resend
+is harmless; an agent found past its deadline is logged as EXPIRED and also returns 0).
+Errors: "PERMISSION_DENIED" when ARGV[6] is set and differs from the agent's owner.
+]]
+--@include agent.lua
+local P, name, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local rec = load_live(P, maxlen, name, now_ms())
+if not rec then return 0 end
+if ARGV[6] ~= '' and rec[F.owner] ~= ARGV[6] then
+  return redis.error_reply('PERMISSION_DENIED agent belongs to another token')
+end
+local ev = ARGV[4] == 'evicted' and EV.EVICTED or EV.DEREGISTERED
+remove_agent(P, maxlen, name, ev, ARGV[5])
+return 1

@@ -1,0 +1,168 @@
+-- Shared helpers for the registry scripts, pulled in by `--@include agent.lua`.
+-- K (key suffixes) and F (agent hash fields) come from server/keys.py via the script loader.
+-- P is always the namespace prefix "sr:{<namespace>}:".
+local unpack = unpack or table.unpack  -- Lua 5.1 (Redis) and 5.4 (embedded lupa)
+
+local EV = {REGISTERED = 3, UPDATED = 4, STATUS_CHANGED = 5, DEREGISTERED = 6,
+            EXPIRED = 7, EVICTED = 8, NOTIFICATION = 10}
+local HEALTHY, UNHEALTHY, DEGRADED = 1, 2, 3
+-- Order of statuses in results: HEALTHY, DEGRADED, UNHEALTHY, unknown.
+local STATUS_RANK = {[HEALTHY] = 0, [DEGRADED] = 1, [UNHEALTHY] = 2}
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function to_map(flat)
+  local m = {}
+  for i = 1, #flat, 2 do m[flat[i]] = flat[i + 1] end
+  return m
+end
+
+local function to_flat(m)
+  local flat = {}
+  for k, v in pairs(m) do flat[#flat + 1] = k; flat[#flat + 1] = v end
+  return flat
+end
+
+local function each_capability(caps, fn)
+  if caps == nil or caps == '' then return end
+  for cap in string.gmatch(caps, '[^,]+') do fn(cap) end
+end
+
+local function clamp(x, lo, hi)
+  if x < lo then return lo elseif x > hi then return hi end
+  return x
+end
+
+-- Lower is healthier: status rank, then success rate (1e-4 steps, descending), then average
+-- duration (0.01 ms steps, ascending). Integers below 2^53, so the order is exact.
+-- An agent that reported no executions yet counts as fully successful.
+local function health_score(rec)
+  local rank = STATUS_RANK[tonumber(rec[F.status])] or 3
+  local rate = tonumber(rec[F.success_rate]) or 0
+  if (tonumber(rec[F.total_executions]) or 0) == 0 and rate == 0 then rate = 1 end
+  local miss = clamp(10000 - math.floor(rate * 10000 + 0.5), 0, 10000)
+  local dur = clamp(math.floor((tonumber(rec[F.avg_duration_ms]) or 0) * 100 + 0.5), 0, 99999999)
+  return rank * 1e13 + miss * 1e8 + dur
+end
+
+-- Adds the agent to the health, capability and type indexes and the per-namespace counts.
+local function index_add(P, name, rec)
+  local score = health_score(rec)
+  redis.call('ZADD', P .. K.HEALTH, score, name)
+  each_capability(rec[F.capabilities], function(cap)
+    redis.call('ZADD', P .. K.CAPABILITY .. cap, score, name)
+  end)
+  redis.call('ZADD', P .. K.TYPE .. rec[F.agent_type], 0, name)
+  redis.call('HINCRBY', P .. K.COUNTS, 't:' .. rec[F.agent_type], 1)
+  redis.call('HINCRBY', P .. K.COUNTS, 's:' .. rec[F.status], 1)
+end
+
+local function index_remove(P, name, rec)
+  redis.call('ZREM', P .. K.HEALTH, name)
+  redis.call('ZREM', P .. K.DEADLINES, name)
+  each_capability(rec[F.capabilities], function(cap)
+    redis.call('ZREM', P .. K.CAPABILITY .. cap, name)
+  end)
+  redis.call('ZREM', P .. K.TYPE .. rec[F.agent_type], name)
+  redis.call('HINCRBY', P .. K.COUNTS, 't:' .. rec[F.agent_type], -1)
+  redis.call('HINCRBY', P .. K.COUNTS, 's:' .. rec[F.status], -1)
+end
+
+-- Re-scores an agent whose status or telemetry changed (same capabilities and type).
+local function index_rescore(P, name, old, new)
+  local before, after = health_score(old), health_score(new)
+  if before ~= after then
+    redis.call('ZADD', P .. K.HEALTH, after, name)
+    each_capability(new[F.capabilities], function(cap)
+      redis.call('ZADD', P .. K.CAPABILITY .. cap, after, name)
+    end)
+  end
+  if old[F.status] ~= new[F.status] then
+    redis.call('HINCRBY', P .. K.COUNTS, 's:' .. old[F.status], -1)
+    redis.call('HINCRBY', P .. K.COUNTS, 's:' .. new[F.status], 1)
+  end
+end
+
+-- Refreshes the lease: deadline field, the sweeper's sorted set and the expiring lease key.
+local function set_lease(P, name, rec, now, timeout_ms)
+  local deadline = now + timeout_ms
+  rec[F.last_heartbeat] = tostring(now)
+  rec[F.deadline] = tostring(deadline)
+  redis.call('ZADD', P .. K.DEADLINES, deadline, name)
+  redis.call('SET', P .. K.LEASE .. name, '1', 'PX', timeout_ms)
+  return deadline
+end
+
+-- Appends one change to the namespace log; the stream id is the revision. `extra` holds more
+-- field/value pairs: the previous status or record, so a watcher whose selector the agent
+-- leaves still hears of it.
+local function append_event(P, maxlen, ev, name, rec, reason, extra)
+  local args = {'XADD', P .. K.LOG, 'MAXLEN', '~', maxlen, '*', 'e', ev, 'a', name}
+  if rec then args[#args + 1] = 'r'; args[#args + 1] = cjson.encode(to_flat(rec)) end
+  if reason and reason ~= '' then args[#args + 1] = 'why'; args[#args + 1] = reason end
+  for _, v in ipairs(extra or {}) do args[#args + 1] = v end
+  return redis.call(unpack(args))
+end
+
+local function is_live(rec, now)
+  return rec[F.deadline] ~= nil and tonumber(rec[F.deadline]) > now
+end
+
+-- Removes an agent, its lease, inbox and index entries, and logs `ev`. False if it was absent.
+local function remove_agent(P, maxlen, name, ev, reason)
+  local flat = redis.call('HGETALL', P .. K.AGENT .. name)
+  if #flat == 0 then
+    redis.call('ZREM', P .. K.DEADLINES, name)
+    return false
+  end
+  local rec = to_map(flat)
+  index_remove(P, name, rec)
+  redis.call('DEL', P .. K.AGENT .. name, P .. K.LEASE .. name, P .. K.INBOX .. name)
+  append_event(P, maxlen, ev, name, rec, reason)
+  return true
+end
+
+-- Loads a live agent, reaping it (EXPIRED event) when its deadline has passed. nil if absent.
+local function load_live(P, maxlen, name, now)
+  local flat = redis.call('HGETALL', P .. K.AGENT .. name)
+  if #flat == 0 then return nil end
+  local rec = to_map(flat)
+  if not is_live(rec, now) then
+    remove_agent(P, maxlen, name, EV.EXPIRED, '')
+    return nil
+  end
+  return rec
+end
+
+-- Filters are [[field, op, value], ...] with op "eq" (string equality), "ge" or "le" (numeric).
+-- A missing field never matches.
+local function matches(rec, filters)
+  for _, f in ipairs(filters) do
+    local have = rec[f[1]]
+    if have == nil then return false end
+    if f[2] == 'eq' then
+      if have ~= f[3] then return false end
+    else
+      local x, want = tonumber(have), tonumber(f[3])
+      if x == nil or (f[2] == 'ge' and x < want) or (f[2] == 'le' and x > want) then
+        return false
+      end
+    end
+  end
+  return true
+end
+
+-- The record of a live agent that passes the filters and has every capability key, else nil.
+local function select_agent(P, name, now, filters, capability_keys)
+  for _, key in ipairs(capability_keys) do
+    if not redis.call('ZSCORE', key, name) then return nil end
+  end
+  local flat = redis.call('HGETALL', P .. K.AGENT .. name)
+  if #flat == 0 then return nil end
+  local rec = to_map(flat)
+  if not is_live(rec, now) or not matches(rec, filters) then return nil end
+  return flat
+end

@@ -1,0 +1,21 @@
+--[[ notify: put a message in one agent's inbox and announce it on the change log.
+KEYS[1] log   KEYS[2] agent hash   KEYS[3] inbox
+ARGV[1] namespace prefix   ARGV[2] agent name   ARGV[3] log max length
+ARGV[4] kind   ARGV[5] payload   ARGV[6] inbox capacity
+Returns the notification id. It stays in the inbox, and is handed out with every heartbeat,
+until the agent acknowledges it (at-least-once; a resent call may deliver it twice).
+Errors: "NOT_FOUND" for an unknown or expired agent; "RESOURCE_EXHAUSTED" when the inbox holds
+ARGV[6] unacknowledged messages.
+]]
+--@include agent.lua
+local P, name, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local rec = load_live(P, maxlen, name, now_ms())
+if not rec then return redis.error_reply('NOT_FOUND agent is not registered or has expired') end
+if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[6]) then
+  return redis.error_reply('RESOURCE_EXHAUSTED inbox is full: the agent has not acknowledged ' ..
+    ARGV[6] .. ' notifications')
+end
+local id = redis.call('XADD', KEYS[3], '*', 'k', ARGV[4], 'p', ARGV[5])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'e', EV.NOTIFICATION, 'a', name,
+  'n', id, 'k', ARGV[4], 'p', ARGV[5])
+return id

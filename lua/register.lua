@@ -1,0 +1,62 @@
+--[[ register: create or replace an agent and index it.
+KEYS[1] log   KEYS[2] deadlines   KEYS[3] agent hash   KEYS[4] lease
+ARGV[1] namespace prefix   ARGV[2] agent name   ARGV[3] heartbeat timeout ms
+ARGV[4] log max length     ARGV[5] agent type   ARGV[6] status   ARGV[7] capabilities, comma-joined, sorted
+ARGV[8] endpoint     ARGV[9] cluster  ARGV[10] version
+ARGV[11] owner: the token that registers it ("" when authentication is off)
+ARGV[12..] metadata key, value pairs
+Returns {outcome, record as flat field/value list}; outcome is "registered", "updated" or
+"unchanged" (a resend of the same request: only the lease is refreshed, nothing is logged).
+An expired agent under the same name is reaped first (EXPIRED, then REGISTERED).
+The server picks a random 64-bit name for new agents, so a resend after a timeout finds its
+own first attempt and answers "unchanged".
+Errors: "PERMISSION_DENIED" when a live agent of that name belongs to another owner.
+]]
+--@include agent.lua
+local P, name, timeout_ms, maxlen = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local now = now_ms()
+
+local rec = {[F.agent_type] = ARGV[5], [F.status] = ARGV[6], [F.capabilities] = ARGV[7],
+             [F.endpoint] = ARGV[8], [F.cluster] = ARGV[9], [F.version] = ARGV[10],
+             [F.owner] = ARGV[11], [F.success_rate] = '0', [F.avg_duration_ms] = '0',
+             [F.total_executions] = '0', [F.failed_executions] = '0',
+             [F.registered_at] = tostring(now)}
+for i = 12, #ARGV, 2 do rec[K.METADATA .. ARGV[i]] = ARGV[i + 1] end
+
+-- Fields a re-register may change; telemetry and times are not part of the comparison.
+local function same_identity(a, b)
+  for k, v in pairs(a) do
+    local timing = k == F.registered_at or k == F.last_heartbeat or k == F.deadline
+    local telemetry = k == F.success_rate or k == F.avg_duration_ms or k == F.total_executions
+                      or k == F.failed_executions
+    if not timing and not telemetry and b[k] ~= v then return false end
+  end
+  return true
+end
+
+local old = load_live(P, maxlen, name, now)
+
+if old and old[F.owner] ~= ARGV[11] then
+  return redis.error_reply('PERMISSION_DENIED agent belongs to another token')
+end
+
+local key = KEYS[3]
+if old and same_identity(rec, old) and same_identity(old, rec) then
+  set_lease(P, name, old, now, timeout_ms)
+  redis.call('HSET', key, F.last_heartbeat, old[F.last_heartbeat], F.deadline, old[F.deadline])
+  return {'unchanged', to_flat(old)}
+end
+
+local ev, extra = EV.REGISTERED, nil
+if old then
+  extra = {'o', cjson.encode(to_flat(old))}
+  ev = EV.UPDATED
+  rec[F.registered_at] = old[F.registered_at]
+  index_remove(P, name, old)
+  redis.call('DEL', key)
+end
+set_lease(P, name, rec, now, timeout_ms)
+redis.call('HSET', key, unpack(to_flat(rec)))
+index_add(P, name, rec)
+append_event(P, maxlen, ev, name, rec, '', extra)
+return {ev == EV.REGISTERED and 'registered' or 'updated', to_flat(rec)}

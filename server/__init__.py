@@ -1,0 +1,1 @@
+"""Service Registry server: gRPC layer over the Lua scripts in ../lua."""

@@ -1,0 +1,107 @@
+"""Every Redis key and agent-hash field name, in one place.
+
+All keys of a namespace share the hash tag ``{<namespace>}`` so each script touches one slot and
+runs unchanged on Redis Cluster. Scripts receive the namespace prefix and build the per-agent and
+per-capability keys from the suffixes below, which the script loader injects into every script
+(see ``lua_header``): the layout is spelled only here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+ROOT = "sr"
+NAMESPACES = f"{ROOT}:namespaces"  # set of namespaces ever used (for Discover/Stats across all)
+
+# Suffixes after the namespace prefix.
+AGENT = "a:"        # hash: the agent record
+LEASE = "l:"        # string with a TTL: its expiry is the fast trigger for reaping
+INBOX = "i:"        # stream: undelivered notifications for one agent
+CAPABILITY = "c:"   # zset: agents with a capability, scored by health (best first)
+TYPE = "t:"         # zset: agents of a type, score 0, ordered by name (stable paging)
+HEALTH = "h"        # zset: every agent of the namespace, scored by health
+DEADLINES = "d"     # zset: agent name -> lease deadline (ms); the sweeper's work list
+COUNTS = "n"        # hash: agents per type and per status, for stats
+LOG = "log"         # stream: the change log; its ids are revisions
+
+# Agent hash fields (short: the hash stays in Redis's compact listpack encoding).
+FIELDS = {
+    "agent_type": "t",
+    "status": "s",
+    "capabilities": "c",
+    "endpoint": "e",
+    "cluster": "cl",
+    "version": "v",
+    "success_rate": "sr",
+    "avg_duration_ms": "ad",
+    "total_executions": "te",
+    "failed_executions": "fe",
+    "registered_at": "rg",
+    "last_heartbeat": "hb",
+    "deadline": "dl",
+    "owner": "ow",
+}
+METADATA_PREFIX = "m:"
+
+
+@dataclass(frozen=True)
+class NamespaceKeys:
+    namespace: str
+    prefix: str
+
+    @property
+    def log(self) -> str:
+        return self.prefix + LOG
+
+    @property
+    def deadlines(self) -> str:
+        return self.prefix + DEADLINES
+
+    @property
+    def health(self) -> str:
+        return self.prefix + HEALTH
+
+    @property
+    def counts(self) -> str:
+        return self.prefix + COUNTS
+
+    def agent(self, name: str) -> str:
+        return self.prefix + AGENT + name
+
+    def lease(self, name: str) -> str:
+        return self.prefix + LEASE + name
+
+    def inbox(self, name: str) -> str:
+        return self.prefix + INBOX + name
+
+    def capability(self, cap: str) -> str:
+        return self.prefix + CAPABILITY + cap
+
+    def agent_type(self, agent_type: int) -> str:
+        return self.prefix + TYPE + str(agent_type)
+
+
+@lru_cache(maxsize=4096)
+def namespace(ns: str) -> NamespaceKeys:
+    return NamespaceKeys(ns, f"{ROOT}:{{{ns}}}:")
+
+
+def parse_lease_key(key: str) -> tuple[str, str] | None:
+    """(namespace, name) of a lease key named in a keyspace notification, else None."""
+    head = f"{ROOT}:{{"
+    if not key.startswith(head):
+        return None
+    ns, sep, rest = key[len(head):].partition("}:")
+    if not sep or not rest.startswith(LEASE):
+        return None
+    return ns, rest[len(LEASE):]
+
+
+def lua_header() -> str:
+    """Lua constants mirroring this module, prepended to every script."""
+    suffixes = dict(AGENT=AGENT, LEASE=LEASE, INBOX=INBOX, CAPABILITY=CAPABILITY, TYPE=TYPE,
+                    HEALTH=HEALTH, DEADLINES=DEADLINES, COUNTS=COUNTS, LOG=LOG,
+                    METADATA=METADATA_PREFIX)
+    k = ", ".join(f"{name}='{v}'" for name, v in suffixes.items())
+    f = ", ".join(f"{name}='{v}'" for name, v in FIELDS.items())
+    return f"local K = {{{k}}}\nlocal F = {{{f}}}\n"

@@ -1,0 +1,32 @@
+"""Prometheus metrics (names from the seed README) on their own HTTP port."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+AGENTS = Gauge("service_registry_agents_total", "Registered agents", ["namespace"])
+REGISTER = Counter("service_registry_register_total", "Registration attempts", ["outcome"])
+HEARTBEAT = Counter("service_registry_heartbeat_total", "Heartbeat attempts", ["outcome"])
+DISCOVER = Counter("service_registry_discover_total", "Discovery requests", ["outcome"])
+LATENCY = Histogram("service_registry_latency_seconds", "Operation latency",
+                    ["operation", "outcome"],
+                    buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+AUTH_FAILURES = Counter("service_registry_auth_failures_total",
+                        "Calls refused by authentication or authorization", ["reason"])
+WATCHERS = Gauge("service_registry_watchers", "Open WatchAgents streams on this process")
+EXPIRED = Counter("service_registry_expired_total", "Agents reaped after their lease ran out",
+                  ["trigger"])
+
+# Operations whose attempts the seed counts separately.
+ATTEMPTS = {"register": REGISTER, "heartbeat": HEARTBEAT, "discover": DISCOVER}
+
+
+def observe(operation: str, outcome: str, seconds: float) -> None:
+    LATENCY.labels(operation, outcome).observe(seconds)
+    counter = ATTEMPTS.get(operation)
+    if counter is not None:
+        counter.labels(outcome).inc()
+
+
+def serve(host: str, port: int) -> None:
+    if port:
+        start_http_server(port, addr=host)

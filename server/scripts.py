@@ -1,0 +1,32 @@
+"""Loads the Lua scripts in ../lua as redis-py Script objects (EVALSHA, reloaded on NOSCRIPT).
+
+A line `--@include name.lua` is replaced by lua/includes/name.lua, and every script starts with
+the key layout from keys.py, so shared code and key names exist once.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from redis.commands.core import AsyncScript
+
+from . import keys
+
+LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+_INCLUDE = re.compile(r"^--@include (\S+)$", re.M)
+NAMES = ("register", "heartbeat", "deregister", "reap", "get", "discover", "list", "notify", "stats")
+
+
+def source(name: str) -> str:
+    text = (LUA_DIR / f"{name}.lua").read_text()
+    text = _INCLUDE.sub(lambda m: (LUA_DIR / "includes" / m.group(1)).read_text(), text)
+    return keys.lua_header() + text
+
+
+class Scripts:
+    """One attribute per script, e.g. ``scripts.heartbeat(keys=[...], args=[...])``."""
+
+    def __init__(self, redis) -> None:
+        for name in NAMES:
+            script: AsyncScript = redis.register_script(source(name))
+            setattr(self, name, script)

@@ -1,0 +1,349 @@
+"""The ServiceRegistry gRPC servicer: each RPC validates, runs one Lua script, maps the reply.
+
+RPC -> script: Register -> register.lua, Heartbeat/HeartbeatStream/HeartbeatBatch ->
+heartbeat.lua, Deregister/EvictAgents -> deregister.lua, GetAgent -> get.lua, DiscoverAgents ->
+discover.lua, ListAgents -> list.lua, NotifyAgent -> notify.lua, GetStats -> stats.lua,
+WatchAgents -> the change log through watch.py.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+
+import grpc
+from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
+from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
+
+from . import convert, errors, validation
+from .auth import Auth, Scope
+from .config import Settings
+from .errors import RpcError
+from .store import Store
+from .validation import AgentRef, InvalidArgument
+from .watch import Watches
+
+# Candidates one discover.lua call may examine: bounds each call's Redis time (~0.1-0.3 ms).
+DISCOVER_BUDGET = 400
+MAX_NOTIFICATIONS_PER_HEARTBEAT = 16
+MAX_REASON_LEN = 256
+
+
+def new_agent_name() -> str:
+    return secrets.token_hex(8)
+
+
+class RegistryService(pb_grpc.ServiceRegistryServicer):
+    def __init__(self, settings: Settings, store: Store, watches: Watches, auth: Auth,
+                 on_unavailable=None):
+        self.settings = settings
+        self.store = store
+        self.scripts = store.scripts
+        self.watches = watches
+        self.auth = auth
+        self.on_unavailable = on_unavailable or (lambda: None)
+        self._hb_static = (str(settings.heartbeat_timeout_ms), str(settings.log_max_events))
+        self._thresholds = (repr(settings.unhealthy_below), repr(settings.degraded_below))
+
+    def _redis_down(self):
+        self.on_unavailable()
+
+    # -- Register ---------------------------------------------------------------------------
+    @errors.unary("register", on_unavailable=_redis_down)
+    async def Register(self, request, context):
+        ns = validation.namespace(request.namespace)
+        owner = self.auth.check(context, Scope.AGENT, ns)
+        ref = (validation.agent_ref(request.agent_id, ns) if request.agent_id
+               else AgentRef(ns, new_agent_name()))
+        agent_type = validation.agent_type(request.agent_type)
+        status = validation.status(request.status) or pb.HEALTHY
+        caps = validation.capabilities(request.capabilities)
+        meta = validation.metadata(request.metadata)
+        endpoint = validation.endpoint(request.endpoint)
+        cluster = validation.short_text(request.cluster, "cluster")
+        version = validation.short_text(request.version, "version")
+        await self.store.remember_namespace(ns)
+        k, name = ref.keys, ref.name
+        args = [k.prefix, name, *self._hb_static, agent_type, status, ",".join(caps), endpoint,
+                cluster, version, owner]
+        for key, value in meta.items():
+            args += (key, value)
+        _, flat = await self.scripts.register(
+            keys=[k.log, k.deadlines, k.agent(name), k.lease(name)], args=args)
+        return pb.RegisterResponse(agent_id=ref.agent_id, agent=convert.from_flat(ns, name, flat),
+                                   heartbeat_timeout_ms=self.settings.heartbeat_timeout_ms)
+
+    # -- Heartbeat (unary, keep-alive stream, batch) ----------------------------------------
+    def _heartbeat_call(self, request, owner_of, client=None):
+        """The heartbeat.lua call for one request (a coroutine; queued when `client` is a
+        pipeline). Returns (ref, awaitable)."""
+        ref = validation.agent_ref(request.agent_id)
+        owner = owner_of(ref.namespace)
+        status = validation.status(request.status)
+        has_telemetry = request.HasField("telemetry")
+        telemetry = (validation.telemetry(request.telemetry) if has_telemetry
+                     else ("0", "0", "0", "0"))
+        if len(request.ack_notification_ids) > validation.MAX_ACKS:
+            raise InvalidArgument(f"ack_notification_ids: at most {validation.MAX_ACKS}")
+        for nid in request.ack_notification_ids:
+            _stream_id(nid, "ack_notification_ids")
+        k, name = ref.keys, ref.name
+        call = self.scripts.heartbeat(
+            keys=[k.log, k.deadlines, k.agent(name), k.lease(name), k.inbox(name)],
+            args=[k.prefix, name, *self._hb_static, status, "1" if has_telemetry else "0",
+                  *telemetry, *self._thresholds, owner, MAX_NOTIFICATIONS_PER_HEARTBEAT,
+                  *request.ack_notification_ids],
+            client=client)
+        return ref, call
+
+    def _heartbeat_reply(self, ref: AgentRef, reply) -> pb.HeartbeatResponse:
+        status, deadline, *pending = reply
+        return pb.HeartbeatResponse(
+            agent_id=ref.agent_id, status=int(status), expires_at_unix_ms=int(deadline),
+            notifications=[convert.notification(ref.agent_id, n) for n in pending])
+
+    def _owner_checker(self, context):
+        return lambda ns: self.auth.check(context, Scope.AGENT, ns)
+
+    @errors.unary("heartbeat", on_unavailable=_redis_down)
+    async def Heartbeat(self, request, context):
+        ref, call = self._heartbeat_call(request, self._owner_checker(context))
+        return self._heartbeat_reply(ref, await call)
+
+    @errors.streaming("heartbeat_stream")
+    async def HeartbeatStream(self, request_iterator, context):
+        owner_of = self._owner_checker(context)
+        async for request in request_iterator:
+            yield await self._heartbeat_item(request, owner_of)
+
+    async def _heartbeat_item(self, request, owner_of) -> pb.HeartbeatResponse:
+        """One heartbeat whose failure is reported in the response instead of the call."""
+        try:
+            ref, call = self._heartbeat_call(request, owner_of)
+            reply = self._heartbeat_reply(ref, await call)
+        except Exception as exc:  # noqa: BLE001 - reported per item
+            return _failed_heartbeat(request, exc)
+        errors.metrics.observe("heartbeat", "ok", 0.0)
+        return reply
+
+    @errors.unary("heartbeat_batch", on_unavailable=_redis_down)
+    async def HeartbeatBatch(self, request, context):
+        if len(request.heartbeats) > validation.MAX_BATCH:
+            raise InvalidArgument(f"heartbeats: {len(request.heartbeats)} given, "
+                                  f"at most {validation.MAX_BATCH}")
+        owner_of = self._owner_checker(context)
+        results: list[pb.HeartbeatResponse | None] = [None] * len(request.heartbeats)
+        queued = []
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for i, hb in enumerate(request.heartbeats):
+                try:
+                    ref, call = self._heartbeat_call(hb, owner_of, client=pipe)
+                    await call  # queues the command on the pipeline
+                    queued.append((i, ref))
+                except Exception as exc:  # noqa: BLE001
+                    results[i] = _failed_heartbeat(hb, exc)
+            replies = await pipe.execute(raise_on_error=False) if queued else []
+        for (i, ref), reply in zip(queued, replies):
+            if isinstance(reply, Exception):
+                if isinstance(reply, errors.REDIS_DOWN):
+                    raise reply
+                results[i] = _failed_heartbeat(request.heartbeats[i], reply)
+            else:
+                results[i] = self._heartbeat_reply(ref, reply)
+                errors.metrics.observe("heartbeat", "ok", 0.0)
+        return pb.HeartbeatBatchResponse(results=results)
+
+    # -- Deregister / Evict -----------------------------------------------------------------
+    def _deregister_call(self, ref: AgentRef, event: str, reason: str, owner: str, client=None):
+        k, name = ref.keys, ref.name
+        return self.scripts.deregister(
+            keys=[k.log, k.deadlines, k.agent(name)],
+            args=[k.prefix, name, self.settings.log_max_events, event, reason, owner],
+            client=client)
+
+    @errors.unary("deregister", on_unavailable=_redis_down)
+    async def Deregister(self, request, context):
+        ref = validation.agent_ref(request.agent_id)
+        owner = self.auth.check(context, Scope.AGENT, ref.namespace)
+        removed = await self._deregister_call(ref, "deregistered", "", owner)
+        return pb.DeregisterResponse(removed=bool(removed))
+
+    @errors.unary("evict", on_unavailable=_redis_down)
+    async def EvictAgents(self, request, context):
+        if not request.agent_ids:
+            raise InvalidArgument("agent_ids: at least one is required")
+        if len(request.agent_ids) > validation.MAX_EVICT_IDS:
+            raise InvalidArgument(f"agent_ids: at most {validation.MAX_EVICT_IDS} per call")
+        if len(request.reason) > MAX_REASON_LEN:
+            raise InvalidArgument(f"reason: longer than {MAX_REASON_LEN} characters")
+        refs = [validation.agent_ref(a, field=f"agent_ids[{i}]")
+                for i, a in enumerate(request.agent_ids)]
+        for ns in {r.namespace for r in refs}:
+            self.auth.check(context, Scope.OPERATOR, ns)
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for ref in refs:
+                await self._deregister_call(ref, "evicted", request.reason, "", client=pipe)
+            removed = await pipe.execute()
+        return pb.EvictResponse(evicted_ids=[r.agent_id for r, n in zip(refs, removed) if n])
+
+    # -- Reads ------------------------------------------------------------------------------
+    @errors.unary("get", on_unavailable=_redis_down)
+    async def GetAgent(self, request, context):
+        ref = validation.agent_ref(request.agent_id)
+        self.auth.check(context, Scope.READ, ref.namespace)
+        flat = await self.scripts.get(keys=[ref.keys.agent(ref.name)])
+        if not flat:
+            raise RpcError(grpc.StatusCode.NOT_FOUND,
+                           f"agent_id: {ref.agent_id} is not registered or has expired")
+        return pb.GetAgentResponse(agent=convert.from_flat(ref.namespace, ref.name, flat))
+
+    @errors.unary("discover", on_unavailable=_redis_down)
+    async def DiscoverAgents(self, request, context):
+        caps = validation.capabilities(request.capabilities)
+        filters = validation.filters(request.filters)
+        wanted = validation.bounded_count(request.max_results, "max_results",
+                                          validation.DEFAULT_MAX_RESULTS,
+                                          validation.MAX_MAX_RESULTS)
+        if request.namespace and filters.namespace and request.namespace != filters.namespace:
+            raise InvalidArgument("namespace: differs from filters['namespace']")
+        chosen = request.namespace or filters.namespace
+        namespaces = ([validation.namespace(chosen)] if chosen
+                      else await self.store.namespaces())
+        for ns in namespaces:
+            self.auth.check(context, Scope.READ, ns)
+        found = []
+        for ns in namespaces:
+            found += await self._discover_in(ns, caps, filters.as_json(), wanted)
+        if len(namespaces) > 1:
+            found.sort(key=lambda item: (item[0], item[1].agent_id))
+        return pb.DiscoverResponse(agents=[agent for _, agent in found[:wanted]])
+
+    async def _discover_in(self, ns: str, caps: list[str], filters_json: str, wanted: int):
+        """(score, AgentInfo) of the best `wanted` matches in one namespace, in bounded calls."""
+        k = validation.AgentRef(ns, "_").keys
+        zsets = [k.capability(c) for c in caps] or [k.health]
+        found, seen = [], set()
+        rank, driver = 0, 0
+        while rank >= 0 and len(found) < wanted:
+            reply = await self.scripts.discover(
+                keys=zsets, args=[k.prefix, wanted - len(found), rank, DISCOVER_BUDGET, driver,
+                                  filters_json])
+            rank, driver = int(reply[0]), int(reply[1])
+            # Calls see the index at different moments: an agent re-scored in between may
+            # show up twice.
+            for score, name, flat in zip(reply[2::3], reply[3::3], reply[4::3]):
+                if name not in seen:
+                    seen.add(name)
+                    found.append((float(score), convert.from_flat(ns, name, flat)))
+        return found
+
+    @errors.unary("list", on_unavailable=_redis_down)
+    async def ListAgents(self, request, context):
+        ns = validation.namespace(request.namespace)
+        self.auth.check(context, Scope.READ, ns)
+        agent_type = validation.agent_type(request.agent_type, required=False)
+        page_size = validation.bounded_count(request.page_size, "page_size",
+                                             validation.DEFAULT_PAGE_SIZE,
+                                             validation.MAX_PAGE_SIZE)
+        filters = validation.filters(request.filters)
+        if filters.namespace and filters.namespace != ns:
+            raise InvalidArgument("filters['namespace']: differs from namespace")
+        capability = (validation.capabilities([request.capability], "capability")[0]
+                      if request.capability else "")
+        types = [agent_type] if agent_type else sorted(validation.AGENT_TYPES)
+        current, after = _decode_page_token(request.page_token, types)
+        k = validation.AgentRef(ns, "_").keys
+        cap_key = k.capability(capability) if capability else ""
+        agents, budget = [], page_size
+        while budget > 0 and current is not None:
+            last, examined, *matches = await self.scripts.list(
+                keys=[k.agent_type(current)],
+                args=[k.prefix, after, budget, filters.as_json(), cap_key])
+            agents += [convert.from_flat(ns, name, flat)
+                       for name, flat in zip(matches[::2], matches[1::2])]
+            budget -= int(examined)
+            if last:
+                after = last
+            else:  # this type is exhausted: go on with the next one
+                later = [t for t in types if t > current]
+                current, after = (later[0] if later else None), ""
+        token = _encode_page_token(current, after) if current is not None else ""
+        return pb.ListAgentsResponse(agents=agents, next_page_token=token)
+
+    @errors.unary("stats", on_unavailable=_redis_down)
+    async def GetStats(self, request, context):
+        namespaces = ([validation.namespace(request.namespace)] if request.namespace
+                      else await self.store.namespaces())
+        result = []
+        for ns in namespaces:
+            self.auth.check(context, Scope.READ, ns)
+            k = validation.AgentRef(ns, "_").keys
+            total, counts, revision = await self.scripts.stats(keys=[k.counts, k.health, k.log])
+            counts = convert.record(counts)
+            result.append(pb.NamespaceStats(
+                namespace=ns, agents=int(total), revision=revision,
+                by_type={validation.AGENT_TYPES[t]: int(counts.get(f"t:{t}", 0))
+                         for t in validation.AGENT_TYPES},
+                by_status={validation.STATUSES[s]: int(counts.get(f"s:{s}", 0))
+                           for s in validation.STATUSES}))
+        return pb.StatsResponse(namespaces=result)
+
+    # -- Notify and Watch -------------------------------------------------------------------
+    @errors.unary("notify", on_unavailable=_redis_down)
+    async def NotifyAgent(self, request, context):
+        ref = validation.agent_ref(request.agent_id)
+        self.auth.check(context, Scope.OPERATOR, ref.namespace)
+        if not request.kind or len(request.kind) > validation.MAX_NOTIFY_KIND_LEN:
+            raise InvalidArgument(f"kind: required, at most {validation.MAX_NOTIFY_KIND_LEN} "
+                                  "characters")
+        size = len(request.payload.encode())
+        if size > validation.MAX_NOTIFY_PAYLOAD_BYTES:
+            raise InvalidArgument(f"payload: {size} bytes, at most "
+                                  f"{validation.MAX_NOTIFY_PAYLOAD_BYTES}")
+        k, name = ref.keys, ref.name
+        nid = await self.scripts.notify(
+            keys=[k.log, k.agent(name), k.inbox(name)],
+            args=[k.prefix, name, self.settings.log_max_events, request.kind, request.payload,
+                  self.settings.inbox_capacity])
+        return pb.NotifyResponse(notification_id=nid)
+
+    @errors.streaming("watch")
+    async def WatchAgents(self, request, context):
+        ns = validation.namespace(request.namespace)
+        self.auth.check(context, Scope.READ, ns)
+        async for event in self.watches.watch(ns, request, context):
+            yield event
+
+
+def _failed_heartbeat(request, exc: Exception) -> pb.HeartbeatResponse:
+    code, message = errors.status_of(exc)
+    errors.metrics.observe("heartbeat", errors.outcome_of(code), 0.0)
+    return pb.HeartbeatResponse(agent_id=request.agent_id, error_code=code.value[0],
+                                error_message=message)
+
+
+def _stream_id(value: str, field: str) -> str:
+    ms, dash, seq = value.partition("-")
+    if not (ms.isdigit() and dash and seq.isdigit()):
+        raise InvalidArgument(f"{field}: {value[:40]!r} is not a notification id")
+    return value
+
+
+def _encode_page_token(agent_type: int, after: str) -> str:
+    raw = json.dumps([agent_type, after], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, types: list[int]) -> tuple[int, str]:
+    if not token:
+        return types[0], ""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        agent_type, after = json.loads(raw)
+        if agent_type in types and isinstance(after, str):
+            return agent_type, after
+    except (ValueError, TypeError, binascii.Error):
+        pass
+    raise InvalidArgument("page_token: not a token from a previous ListAgents reply with the "
+                          "same agent_type")

@@ -1,0 +1,366 @@
+"""WatchAgents: the namespace change log (a Redis Stream) fanned out to watchers.
+
+One reader task per namespace per process follows the log with XREAD BLOCK and hands each
+entry to every watcher of that namespace; a watcher has a bounded buffer and is cut off with
+RESOURCE_EXHAUSTED when it overflows. A watcher resumes from any revision still in the log:
+it joins the live feed first, then reads the log from its revision up to where the feed stood,
+so nothing falls between the two.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+
+import grpc
+from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
+
+from . import convert, metrics, validation
+from .config import Settings
+from .errors import REDIS_DOWN, RpcError
+from .keys import FIELDS as F
+from .store import Store
+
+log = logging.getLogger("service_registry")
+
+BLOCK_MS = 1000
+READ_COUNT = 500
+CATCH_UP_CHUNK = 1000
+SNAPSHOT_PAGE = 500
+NOTIFICATION = pb.NOTIFICATION
+
+
+def revision_key(revision: str) -> tuple[int, int]:
+    ms, _, seq = revision.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def parse_revision(value: str) -> str:
+    try:
+        ms, seq = revision_key(value)
+    except ValueError:
+        raise validation.InvalidArgument(
+            f"since_revision: {value[:40]!r} is not a revision") from None
+    return f"{ms}-{seq}"
+
+
+def matches(rec: dict[str, str], clauses) -> bool:
+    """Python twin of `matches` in lua/includes/agent.lua (same clause format)."""
+    for field, op, want in clauses:
+        have = rec.get(field)
+        if have is None:
+            return False
+        if op == "eq":
+            if have != want:
+                return False
+        else:
+            try:
+                x = float(have)
+            except ValueError:
+                return False
+            if (op == "ge" and x < float(want)) or (op == "le" and x > float(want)):
+                return False
+    return True
+
+
+class Event:
+    """One log entry, decoded once and shared by every watcher of the namespace."""
+    __slots__ = ("revision", "type", "name", "record", "previous", "fields", "_message")
+
+    def __init__(self, revision: str, fields: dict[str, str]):
+        self.revision = revision
+        self.type = int(fields["e"])
+        self.name = fields["a"]
+        self.fields = fields
+        self.record = convert.record(json.loads(fields["r"])) if "r" in fields else None
+        self.previous = None
+        if "o" in fields:
+            self.previous = convert.record(json.loads(fields["o"]))
+        elif "was" in fields and self.record is not None:
+            self.previous = dict(self.record, **{F["status"]: fields["was"]})
+        self._message = None
+
+    def message(self, namespace: str) -> pb.WatchEvent:
+        if self._message is None:
+            event = pb.WatchEvent(type=self.type, revision=self.revision,
+                                  reason=self.fields.get("why", ""))
+            if self.record is not None:
+                event.agent.CopyFrom(convert.agent_info(namespace, self.name, self.record))
+            if self.type == NOTIFICATION:
+                event.notification.CopyFrom(pb.Notification(
+                    notification_id=self.fields["n"], agent_id=f"{namespace}/{self.name}",
+                    kind=self.fields.get("k", ""), payload=self.fields.get("p", ""),
+                    created_at_unix_ms=revision_key(self.fields["n"])[0]))
+            self._message = event
+        return self._message
+
+
+class Selector:
+    """Which agents a watcher follows: by name, or by capability, type and filters."""
+
+    def __init__(self, request: pb.WatchRequest, namespace: str):
+        self.name = ""
+        if request.agent_id:
+            self.name = validation.agent_ref(request.agent_id, namespace).name
+        caps = validation.capabilities([request.capability], "capability") \
+            if request.capability else []
+        self.capability = caps[0] if caps else ""
+        self.agent_type = validation.agent_type(request.agent_type, required=False)
+        filters = validation.filters(request.filters)
+        if filters.namespace and filters.namespace != namespace:
+            raise validation.InvalidArgument("filters['namespace']: differs from namespace")
+        self.filters = filters
+        self.clauses = list(filters.clauses)
+        if self.agent_type:
+            self.clauses.append((F["agent_type"], "eq", str(self.agent_type)))
+        self.everything = not (self.name or self.capability or self.clauses)
+
+    def admits(self, rec: dict[str, str] | None) -> bool:
+        if rec is None:
+            return False
+        if self.capability and self.capability not in rec.get(F["capabilities"], "").split(","):
+            return False
+        return matches(rec, self.clauses)
+
+    def wants(self, event: Event) -> bool:
+        if self.name and event.name != self.name:
+            return False
+        if event.type == NOTIFICATION:
+            return bool(self.name) or self.everything
+        return bool(self.name) or self.admits(event.record) or self.admits(event.previous)
+
+
+class Watcher:
+    def __init__(self, selector: Selector, capacity: int):
+        self.selector = selector
+        self.capacity = capacity
+        self.queue: collections.deque[Event] = collections.deque()
+        self.wakeup = asyncio.Event()
+        self.overflowed = False
+        self.ended: RpcError | None = None
+
+    def offer(self, event: Event) -> None:
+        if self.overflowed or not self.selector.wants(event):
+            return
+        if len(self.queue) >= self.capacity:
+            self.overflowed = True  # the stream ends; the client resumes from its revision
+        else:
+            self.queue.append(event)
+        self.wakeup.set()
+
+    def end(self, error: RpcError) -> None:
+        self.ended = error
+        self.wakeup.set()
+
+
+class Feed:
+    """Follows one namespace's log for every watcher of it in this process."""
+
+    def __init__(self, store: Store, namespace: str):
+        self.store = store
+        self.namespace = namespace
+        self.log_key = validation.AgentRef(namespace, "_").keys.log
+        self.watchers: set[Watcher] = set()
+        self.position = "0-0"   # last revision handed to watchers
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.closed = False     # set, without awaiting, when the last watcher has left
+
+    async def start(self) -> None:
+        self.position = await last_revision(self.store.redis, self.log_key) or "0-0"
+        self.ready.set()
+        self.task = asyncio.create_task(self._follow(), name=f"watch-feed-{self.namespace}")
+
+    async def _follow(self) -> None:
+        client = self.store.client(socket_timeout=BLOCK_MS / 1000 + 5)
+        delay = 0.1
+        try:
+            while True:
+                if not self.watchers:
+                    self.closed = True
+                    return
+                try:
+                    reply = await client.xread({self.log_key: self.position}, count=READ_COUNT,
+                                               block=BLOCK_MS)
+                    delay = 0.1
+                except REDIS_DOWN as exc:
+                    log.warning("watch feed %s: redis unreachable (%s); retrying", self.namespace,
+                                exc)
+                    await asyncio.sleep(delay)  # back off while Redis is down
+                    delay = min(delay * 2, 2.0)
+                    continue
+                for _, entries in reply or ():
+                    for revision, fields in entries:
+                        event = Event(revision, fields)
+                        self.position = revision
+                        for watcher in tuple(self.watchers):
+                            watcher.offer(event)
+        finally:
+            await client.aclose()
+
+
+async def last_revision(redis, log_key: str) -> str:
+    last = await redis.xrevrange(log_key, count=1)
+    return last[0][0] if last else ""
+
+
+class Watches:
+    def __init__(self, settings: Settings, store: Store):
+        self.settings = settings
+        self.store = store
+        self.feeds: dict[str, Feed] = {}
+        self.closing: RpcError | None = None
+
+    async def _join(self, namespace: str, watcher: Watcher) -> Feed:
+        feed = self.feeds.get(namespace)
+        if feed is None or feed.closed or (feed.task is not None and feed.task.done()):
+            feed = Feed(self.store, namespace)
+            self.feeds[namespace] = feed
+            feed.watchers.add(watcher)
+            try:
+                await feed.start()
+            except BaseException:
+                self.feeds.pop(namespace, None)
+                raise
+        else:
+            await feed.ready.wait()
+            feed.watchers.add(watcher)
+        metrics.WATCHERS.inc()
+        return feed
+
+    def _leave(self, feed: Feed, watcher: Watcher) -> None:
+        feed.watchers.discard(watcher)
+        metrics.WATCHERS.dec()
+
+    def close(self, message: str) -> None:
+        """Ends every stream with UNAVAILABLE: clients resume from their revision elsewhere."""
+        self.closing = RpcError(grpc.StatusCode.UNAVAILABLE, message)
+        for feed in self.feeds.values():
+            for watcher in tuple(feed.watchers):
+                watcher.end(self.closing)
+
+    async def watch(self, namespace: str, request: pb.WatchRequest, context):
+        if self.closing:
+            raise self.closing
+        selector = Selector(request, namespace)
+        since = parse_revision(request.since_revision) if request.since_revision else ""
+        watcher = Watcher(selector, self.settings.watch_buffer)
+        feed = await self._join(namespace, watcher)
+        try:
+            joined_at = feed.position  # every later entry reaches watcher.queue
+            if since:
+                await self._check_retained(feed.log_key, since)
+                start = since
+            else:
+                start = joined_at
+                if not request.skip_snapshot:
+                    async for item in self._snapshot(namespace, selector):
+                        yield item
+                    yield pb.WatchEvent(type=pb.SNAPSHOT_END, revision=joined_at)
+            delivered = start
+            async for event in self._read_log(feed.log_key, start, joined_at):
+                if selector.wants(event):
+                    delivered = event.revision
+                    yield event.message(namespace)
+            if since:
+                await self._check_retained(feed.log_key, since)
+            async for item in self._live(namespace, feed, watcher, delivered):
+                yield item
+        finally:
+            self._leave(feed, watcher)
+
+    async def _live(self, namespace: str, feed: Feed, watcher: Watcher, delivered: str):
+        progress_every = self.settings.progress_interval
+        after = revision_key(delivered)
+        while True:
+            while watcher.queue:
+                event = watcher.queue.popleft()
+                if revision_key(event.revision) <= after:
+                    continue  # already sent while catching up
+                yield event.message(namespace)
+            if watcher.ended:
+                raise watcher.ended
+            if watcher.overflowed:
+                raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               "watcher fell behind its buffer of "
+                               f"{watcher.capacity} events; resume from the last revision")
+            watcher.wakeup.clear()
+            try:
+                await asyncio.wait_for(watcher.wakeup.wait(), progress_every)
+            except asyncio.TimeoutError:
+                if not watcher.queue:
+                    yield pb.WatchEvent(type=pb.PROGRESS, revision=feed.position)
+
+    async def _read_log(self, log_key: str, after: str, until: str):
+        """Log entries in (after, until], in bounded chunks."""
+        if revision_key(after) >= revision_key(until):
+            return
+        cursor = after
+        while True:
+            entries = await self.store.redis.xrange(log_key, min=f"({cursor}", max=until,
+                                                    count=CATCH_UP_CHUNK)
+            for revision, fields in entries:
+                yield Event(revision, fields)
+                cursor = revision
+            if len(entries) < CATCH_UP_CHUNK:
+                return
+
+    async def _check_retained(self, log_key: str, since: str) -> None:
+        """OUT_OF_RANGE when events after `since` were trimmed or the log was reset."""
+        redis = self.store.redis
+        first = await redis.xrange(log_key, count=1)
+        last = await last_revision(redis, log_key)
+        since_key = revision_key(since)
+        if last and since_key > revision_key(last) or not last and since_key > (0, 0):
+            raise RpcError(grpc.StatusCode.OUT_OF_RANGE,
+                           f"since_revision: {since} is newer than the log (the store was "
+                           "reset); re-list")
+        trimmed = await max_deleted_revision(redis, log_key)
+        if trimmed is None:
+            # No max-deleted-entry-id (embedded store): what precedes the first entry may be gone.
+            trimmed = first[0][0] if first else ""
+        if trimmed and revision_key(trimmed) > since_key:
+            raise RpcError(grpc.StatusCode.OUT_OF_RANGE,
+                           f"since_revision: {since} is compacted, re-list (the log keeps "
+                           f"{self.settings.log_max_events} events)")
+
+    async def _snapshot(self, namespace: str, selector: Selector):
+        scripts = self.store.scripts
+        k = validation.AgentRef(namespace, "_").keys
+        if selector.name:
+            flat = await scripts.get(keys=[k.agent(selector.name)])
+            if flat:
+                yield pb.WatchEvent(type=pb.SNAPSHOT,
+                                    agent=convert.from_flat(namespace, selector.name, flat))
+            return
+        types = ([selector.agent_type] if selector.agent_type
+                 else sorted(validation.AGENT_TYPES))
+        cap_key = k.capability(selector.capability) if selector.capability else ""
+        clauses = json.dumps(selector.filters.clauses)
+        for agent_type in types:
+            after = ""
+            while True:
+                last, _, *found = await scripts.list(
+                    keys=[k.agent_type(agent_type)],
+                    args=[k.prefix, after, SNAPSHOT_PAGE, clauses, cap_key])
+                for name, flat in zip(found[::2], found[1::2]):
+                    yield pb.WatchEvent(type=pb.SNAPSHOT,
+                                        agent=convert.from_flat(namespace, name, flat))
+                if not last:
+                    break
+                after = last
+
+
+async def max_deleted_revision(redis, log_key: str) -> str | None:
+    """XINFO STREAM's max-deleted-entry-id (Redis 7), "" for a missing log, None if unknown."""
+    try:
+        info = await redis.xinfo_stream(log_key)
+    except Exception as exc:  # noqa: BLE001 - a missing stream is an error reply
+        if "no such key" in str(exc).lower():
+            return ""
+        if isinstance(exc, REDIS_DOWN):
+            raise
+        return None
+    value = info.get("max-deleted-entry-id")
+    return value if isinstance(value, str) else None
