@@ -11,7 +11,7 @@ ADDR ?= localhost:50051
 $(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ./client -e '.[dev]'
+	$(PY) -m pip install --quiet -e ./client -e '.[dev,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)

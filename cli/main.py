@@ -60,6 +60,14 @@ def serve(**flags):
         pass
 
 
+def _register_subcommands() -> None:
+    from benchmarks.cli import bench
+    cli.add_command(bench)
+
+
+_register_subcommands()
+
+
 def main():
     cli()
 

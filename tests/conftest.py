@@ -1,0 +1,255 @@
+"""Fixtures: private redis-server processes on free loopback ports, and registry servers.
+
+Never touches a Redis it did not start. `registry` runs each test on real Redis and on the
+embedded store; tests that need real Redis behaviour use `redis_registry`.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from neural_hive_integration.clients import ServiceRegistryClient
+from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
+
+from server.app import Server
+from server.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisProcess:
+    """A redis-server of the test's own: start, stop (kill), restart on the same port."""
+
+    def __init__(self, *extra: str):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="sr-redis-")
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        if REDIS_SERVER is None:
+            pytest.fail("redis-server is not installed (run `bash .ci/run` or apt-get install "
+                        "redis-server)")
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no", *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def client(self) -> aioredis.Redis:
+        return aioredis.Redis.from_url(self.url, decode_responses=True)
+
+
+@pytest.fixture
+def redis_proc():
+    proc = RedisProcess()
+    proc.start()
+    yield proc
+    proc.cleanup()
+
+
+@pytest.fixture
+def redis_factory():
+    """Starts extra redis-server processes on demand (e.g. with other settings)."""
+    procs = []
+
+    def make(*extra: str) -> RedisProcess:
+        proc = RedisProcess(*extra)
+        proc.start()
+        procs.append(proc)
+        return proc
+    yield make
+    for proc in procs:
+        proc.cleanup()
+
+
+def test_settings(**overrides) -> Settings:
+    base = Settings(host="127.0.0.1", port=0, metrics_port=0, heartbeat_timeout=60.0,
+                    shutdown_grace=1.0)
+    return replace(base, **overrides)
+
+
+class Registry:
+    """A server running in the test's event loop, with a client and a raw stub."""
+
+    def __init__(self, server: Server, kind: str, redis_proc: RedisProcess | None):
+        self.server = server
+        self.kind = kind
+        self.redis_proc = redis_proc
+        self.address = f"127.0.0.1:{server.port}"
+        self.channel = grpc.aio.insecure_channel(self.address)
+        self.stub = pb_grpc.ServiceRegistryStub(self.channel)
+        self.client = ServiceRegistryClient("127.0.0.1", server.port, retries=2, backoff=0.05)
+
+    @property
+    def redis(self):
+        return self.server.store.redis
+
+    @property
+    def embedded(self) -> bool:
+        return self.kind == "embedded"
+
+    def new_client(self, **kwargs) -> ServiceRegistryClient:
+        return ServiceRegistryClient("127.0.0.1", self.server.port, **kwargs)
+
+    async def close(self) -> None:
+        await self.client.close()
+        await self.channel.close()
+        await self.server.stop(grace=0.5)
+
+
+@asynccontextmanager
+async def running_registry(kind: str, redis_proc: RedisProcess | None = None, **overrides):
+    settings = test_settings(redis_url=redis_proc.url if redis_proc else "", **overrides)
+    server = Server(settings)
+    await server.start()
+    registry = Registry(server, kind, redis_proc)
+    try:
+        yield registry
+    finally:
+        await registry.close()
+
+
+@pytest.fixture(params=["redis", "embedded"])
+async def registry(request):
+    """The same scenario on real Redis and on the embedded store."""
+    proc = None
+    if request.param == "redis":
+        proc = RedisProcess()
+        proc.start()
+    overrides = getattr(request, "node").get_closest_marker("settings")
+    try:
+        async with running_registry(request.param, proc,
+                                    **(overrides.kwargs if overrides else {})) as reg:
+            yield reg
+    finally:
+        if proc:
+            proc.cleanup()
+
+
+@pytest.fixture
+async def redis_registry(redis_proc, request):
+    """Real Redis only, for what the embedded store cannot do (outages, keyspace events)."""
+    overrides = request.node.get_closest_marker("settings")
+    async with running_registry("redis", redis_proc,
+                                **(overrides.kwargs if overrides else {})) as reg:
+        yield reg
+
+
+class ServerProcess:
+    """`service-registry serve` in a child process, for restarts, kills and multi-process."""
+
+    def __init__(self, redis_url: str, **env):
+        self.port = free_port()
+        self.env = {**os.environ, "REDIS_URL": redis_url, "SERVICE_REGISTRY_HOST": "127.0.0.1",
+                    "SERVICE_REGISTRY_PORT": str(self.port), "METRICS_PORT": "0",
+                    **{k: str(v) for k, v in env.items()}}
+        self.proc: subprocess.Popen | None = None
+        self.log = tempfile.NamedTemporaryFile(prefix="sr-server-", suffix=".log", delete=False)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "serve"], cwd=ROOT, env=self.env,
+            stdout=self.log, stderr=subprocess.STDOUT)
+        await wait_serving(self.address, proc=self.proc, log=self.log.name)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def terminate(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(timeout=30)
+        return self.proc.returncode if self.proc else 0
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text()
+
+
+async def wait_serving(address: str, timeout: float = 20.0, proc=None, log: str = "") -> None:
+    """Waits for the gRPC health service to report SERVING (health Watch, no polling)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async def serving() -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            await channel.channel_ready()
+            stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            async for reply in stream:
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    stream.cancel()
+                    return
+
+    try:
+        await asyncio.wait_for(serving(), timeout)
+    except asyncio.TimeoutError:
+        died = proc is not None and proc.poll() is not None
+        output = Path(log).read_text() if log else ""
+        raise TimeoutError(f"server at {address} not SERVING after {timeout}s"
+                           f"{' (exited)' if died else ''}: {output[-2000:]}") from None
+
+
+@pytest.fixture
+def server_processes():
+    procs: list[ServerProcess] = []
+
+    async def start(redis_url: str, **env) -> ServerProcess:
+        proc = ServerProcess(redis_url, **env)
+        procs.append(proc)
+        await proc.start()
+        return proc
+    yield start
+    for proc in procs:
+        proc.kill()
+        Path(proc.log.name).unlink(missing_ok=True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "settings(**kw): server settings for the registry fixtures")
