@@ -15,6 +15,7 @@ import logging
 
 import grpc
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
+from redis.exceptions import ResponseError
 
 from . import convert, metrics, validation
 from .config import Settings
@@ -234,11 +235,15 @@ class Watches:
         metrics.WATCHERS.dec()
 
     def close(self, message: str) -> None:
-        """Ends every stream with UNAVAILABLE: clients resume from their revision elsewhere."""
+        """Ends every stream with UNAVAILABLE (clients resume from their revision elsewhere)
+        and stops the log readers."""
         self.closing = RpcError(grpc.StatusCode.UNAVAILABLE, message)
         for feed in self.feeds.values():
             for watcher in tuple(feed.watchers):
                 watcher.end(self.closing)
+            if feed.task is not None:
+                feed.task.cancel()
+        self.feeds.clear()
 
     async def watch(self, namespace: str, request: pb.WatchRequest, context):
         if self.closing:
@@ -307,23 +312,28 @@ class Watches:
                 return
 
     async def _check_retained(self, log_key: str, since: str) -> None:
-        """OUT_OF_RANGE when events after `since` were trimmed or the log was reset."""
-        redis = self.store.redis
-        first = await redis.xrange(log_key, count=1)
-        last = await last_revision(redis, log_key)
+        """OUT_OF_RANGE when events after `since` may have been trimmed, or the log was reset.
+
+        Trimming leaves no record of what it removed (XINFO's max-deleted-entry-id only
+        counts XDEL), so once anything was trimmed, a revision older than the first entry
+        kept counts as compacted."""
+        try:
+            info = await self.store.redis.xinfo_stream(log_key)
+        except ResponseError as exc:  # no log yet
+            if "no such key" not in str(exc).lower():
+                raise
+            info = {}
         since_key = revision_key(since)
-        if last and since_key > revision_key(last) or not last and since_key > (0, 0):
+        if since_key > revision_key(info.get("last-generated-id") or "0-0"):
             raise RpcError(grpc.StatusCode.OUT_OF_RANGE,
                            f"since_revision: {since} is newer than the log (the store was "
                            "reset); re-list")
-        trimmed = await max_deleted_revision(redis, log_key)
-        if trimmed is None:
-            # No max-deleted-entry-id (embedded store): what precedes the first entry may be gone.
-            trimmed = first[0][0] if first else ""
-        if trimmed and revision_key(trimmed) > since_key:
+        first = info.get("first-entry")
+        trimmed = int(info.get("entries-added") or 0) > int(info.get("length") or 0)
+        if trimmed and first and revision_key(first[0]) > since_key:
             raise RpcError(grpc.StatusCode.OUT_OF_RANGE,
                            f"since_revision: {since} is compacted, re-list (the log keeps "
-                           f"{self.settings.log_max_events} events)")
+                           f"about {self.settings.log_max_events} events)")
 
     async def _snapshot(self, namespace: str, selector: Selector):
         scripts = self.store.scripts
@@ -350,17 +360,3 @@ class Watches:
                 if not last:
                     break
                 after = last
-
-
-async def max_deleted_revision(redis, log_key: str) -> str | None:
-    """XINFO STREAM's max-deleted-entry-id (Redis 7), "" for a missing log, None if unknown."""
-    try:
-        info = await redis.xinfo_stream(log_key)
-    except Exception as exc:  # noqa: BLE001 - a missing stream is an error reply
-        if "no such key" in str(exc).lower():
-            return ""
-        if isinstance(exc, REDIS_DOWN):
-            raise
-        return None
-    value = info.get("max-deleted-entry-id")
-    return value if isinstance(value, str) else None
