@@ -24,6 +24,7 @@ class Settings:
     log_max_events: int = 100_000        # change-log length kept per namespace (approximate)
     inbox_capacity: int = 100            # unacknowledged notifications per agent
     sweep_interval: float = 0.25         # seconds between sweeps for expired agents
+    expiry_events: bool = True           # also reap on Redis `expired` keyspace events
     watch_buffer: int = 1000             # events a slow watcher may fall behind before it is cut
     progress_interval: float = 10.0      # seconds between PROGRESS events on an idle watch
     log_format: str = "text"             # text or json
@@ -62,6 +63,7 @@ ENVIRONMENT = {
     "log_max_events": "LOG_MAX_EVENTS",
     "inbox_capacity": "INBOX_CAPACITY",
     "sweep_interval": "SWEEP_INTERVAL",
+    "expiry_events": "EXPIRY_EVENTS",
     "watch_buffer": "WATCH_BUFFER",
     "progress_interval": "PROGRESS_INTERVAL",
     "log_format": "LOG_FORMAT",
@@ -74,7 +76,18 @@ ENVIRONMENT = {
 }
 
 
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False}
+
+
 def _convert(name: str, kind: type, raw, source: str):
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        value = _BOOLEANS.get(str(raw).strip().lower())
+        if value is None:
+            raise ConfigError(f"{source}: {raw!r} is not a boolean (true/false)")
+        return value
     try:
         value = kind(raw)
     except (TypeError, ValueError):
