@@ -40,13 +40,17 @@ end
 if status ~= 0 then rec[F.status] = tostring(status) end
 
 local deadline = set_lease(P, name, rec, now, timeout_ms)
-redis.call('HSET', KEYS[3], F.status, rec[F.status], F.success_rate, rec[F.success_rate],
-  F.avg_duration_ms, rec[F.avg_duration_ms], F.total_executions, rec[F.total_executions],
-  F.failed_executions, rec[F.failed_executions], F.last_heartbeat, rec[F.last_heartbeat],
-  F.deadline, rec[F.deadline])
+local changed = {'HSET', KEYS[3], F.status, rec[F.status], F.last_heartbeat, rec[F.last_heartbeat],
+                 F.deadline, rec[F.deadline]}
+if ARGV[6] == '1' then
+  for _, f in ipairs({F.success_rate, F.avg_duration_ms, F.total_executions, F.failed_executions}) do
+    changed[#changed + 1] = f; changed[#changed + 1] = rec[f]
+  end
+end
+redis.call(unpack(changed))
 index_rescore(P, name, old, rec)
 if old[F.status] ~= rec[F.status] then
-  append_event(P, maxlen, EV.STATUS_CHANGED, name, rec, '', {'was', old[F.status]})
+  append_event(P, maxlen, EV.STATUS_CHANGED, name, rec, '', {EF.was, old[F.status]})
 end
 
 if #ARGV >= 15 then redis.call('XDEL', KEYS[5], unpack(ARGV, 15, #ARGV)) end

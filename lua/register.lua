@@ -16,11 +16,11 @@ Errors: "PERMISSION_DENIED" when a live agent of that name belongs to another ow
 local P, name, timeout_ms, maxlen = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = now_ms()
 
-local rec = {[F.agent_type] = ARGV[5], [F.status] = ARGV[6], [F.capabilities] = ARGV[7],
-             [F.endpoint] = ARGV[8], [F.cluster] = ARGV[9], [F.version] = ARGV[10],
-             [F.owner] = ARGV[11], [F.success_rate] = '0', [F.avg_duration_ms] = '0',
-             [F.total_executions] = '0', [F.failed_executions] = '0',
-             [F.registered_at] = tostring(now)}
+-- Empty text and telemetry before the first heartbeat are left out: a smaller hash.
+local rec = {[F.agent_type] = ARGV[5], [F.status] = ARGV[6], [F.registered_at] = tostring(now)}
+local optional = {[F.capabilities] = ARGV[7], [F.endpoint] = ARGV[8], [F.cluster] = ARGV[9],
+                  [F.version] = ARGV[10], [F.owner] = ARGV[11]}
+for k, v in pairs(optional) do if v ~= '' then rec[k] = v end end
 for i = 12, #ARGV, 2 do rec[K.METADATA .. ARGV[i]] = ARGV[i + 1] end
 
 -- Fields a re-register may change; telemetry and times are not part of the comparison.
@@ -36,7 +36,7 @@ end
 
 local old = load_live(P, maxlen, name, now)
 
-if old and old[F.owner] ~= ARGV[11] then
+if old and (old[F.owner] or '') ~= ARGV[11] then
   return redis.error_reply('PERMISSION_DENIED agent belongs to another token')
 end
 
@@ -49,7 +49,7 @@ end
 
 local ev, extra = EV.REGISTERED, nil
 if old then
-  extra = {'o', cjson.encode(to_flat(old))}
+  extra = {EF.old, cjson.encode(to_flat(old))}
   ev = EV.UPDATED
   rec[F.registered_at] = old[F.registered_at]
   index_remove(P, name, old)

@@ -43,6 +43,19 @@ FIELDS = {
 }
 METADATA_PREFIX = "m:"
 
+# Change-log entry fields. Upper case, so they never collide with the agent record's fields,
+# which follow them in the same entry (flat: streams store repeated field names compactly).
+EVENT_FIELDS = {
+    "type": "E",          # pb.EventType number
+    "agent": "A",         # agent name
+    "reason": "WHY",      # eviction reason
+    "was": "WAS",         # previous status (STATUS_CHANGED)
+    "old": "OLD",         # previous record as JSON (UPDATED)
+    "notification": "N",  # notification id (NOTIFICATION)
+    "kind": "K",
+    "payload": "P",
+}
+
 
 @dataclass(frozen=True)
 class NamespaceKeys:
@@ -104,4 +117,5 @@ def lua_header() -> str:
                     METADATA=METADATA_PREFIX)
     k = ", ".join(f"{name}='{v}'" for name, v in suffixes.items())
     f = ", ".join(f"{name}='{v}'" for name, v in FIELDS.items())
-    return f"local K = {{{k}}}\nlocal F = {{{f}}}\n"
+    e = ", ".join(f"{name}='{v}'" for name, v in EVENT_FIELDS.items())
+    return f"local K = {{{k}}}\nlocal F = {{{f}}}\nlocal EF = {{{e}}}\n"

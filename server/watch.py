@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 from . import convert, metrics, validation
 from .config import Settings
 from .errors import REDIS_DOWN, RpcError
-from .keys import FIELDS as F
+from .keys import EVENT_FIELDS as EF, FIELDS as F
 from .store import Store
 
 log = logging.getLogger("service_registry")
@@ -30,6 +30,7 @@ READ_COUNT = 500
 CATCH_UP_CHUNK = 1000
 SNAPSHOT_PAGE = 500
 NOTIFICATION = pb.NOTIFICATION
+_EVENT_FIELD_NAMES = frozenset(EF.values())
 
 
 def revision_key(revision: str) -> tuple[int, int]:
@@ -71,28 +72,30 @@ class Event:
 
     def __init__(self, revision: str, fields: dict[str, str]):
         self.revision = revision
-        self.type = int(fields["e"])
-        self.name = fields["a"]
+        self.type = int(fields[EF["type"]])
+        self.name = fields[EF["agent"]]
         self.fields = fields
-        self.record = convert.record(json.loads(fields["r"])) if "r" in fields else None
+        record = {k: v for k, v in fields.items() if k not in _EVENT_FIELD_NAMES}
+        self.record = record or None
         self.previous = None
-        if "o" in fields:
-            self.previous = convert.record(json.loads(fields["o"]))
-        elif "was" in fields and self.record is not None:
-            self.previous = dict(self.record, **{F["status"]: fields["was"]})
+        if EF["old"] in fields:
+            self.previous = convert.record(json.loads(fields[EF["old"]]))
+        elif EF["was"] in fields and self.record is not None:
+            self.previous = dict(self.record, **{F["status"]: fields[EF["was"]]})
         self._message = None
 
     def message(self, namespace: str) -> pb.WatchEvent:
         if self._message is None:
             event = pb.WatchEvent(type=self.type, revision=self.revision,
-                                  reason=self.fields.get("why", ""))
+                                  reason=self.fields.get(EF["reason"], ""))
             if self.record is not None:
                 event.agent.CopyFrom(convert.agent_info(namespace, self.name, self.record))
             if self.type == NOTIFICATION:
                 event.notification.CopyFrom(pb.Notification(
-                    notification_id=self.fields["n"], agent_id=f"{namespace}/{self.name}",
-                    kind=self.fields.get("k", ""), payload=self.fields.get("p", ""),
-                    created_at_unix_ms=revision_key(self.fields["n"])[0]))
+                    notification_id=self.fields[EF["notification"]],
+                    agent_id=f"{namespace}/{self.name}", kind=self.fields.get(EF["kind"], ""),
+                    payload=self.fields.get(EF["payload"], ""),
+                    created_at_unix_ms=revision_key(self.fields[EF["notification"]])[0]))
             self._message = event
         return self._message
 

@@ -12,6 +12,7 @@ from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_
 
 from conftest import running_registry
 from server import keys, metrics
+from server.keys import EVENT_FIELDS as EF
 from test_registry import register_request
 from test_watch import open_watch, take_until
 
@@ -87,8 +88,8 @@ async def test_three_server_processes_log_one_expired_event_per_agent(redis_proc
         log_key = keys.namespace("default").log
 
         async def expired_in_log(until="+"):
-            return [f["a"] for _, f in await redis.xrange(log_key, max=until)
-                    if f["e"] == str(pb.EXPIRED)]
+            return [f[EF["agent"]] for _, f in await redis.xrange(log_key, max=until)
+                    if f[EF["type"]] == str(pb.EXPIRED)]
         remaining = len(names) - len(await expired_in_log(revision))
         if remaining:
             await expired_events(stream, remaining)

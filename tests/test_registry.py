@@ -9,6 +9,7 @@ from neural_hive_integration.clients import AgentInfo, HealthStatus, RegistryErr
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 
 from server import keys
+from server.keys import EVENT_FIELDS as EF
 
 
 def register_request(**kw) -> pb.RegisterRequest:
@@ -20,7 +21,7 @@ def register_request(**kw) -> pb.RegisterRequest:
 async def log_events(registry, namespace="default"):
     """(event type, agent name) of every change-log entry of the namespace."""
     entries = await registry.redis.xrange(keys.namespace(namespace).log)
-    return [(int(f["e"]), f["a"]) for _, f in entries]
+    return [(int(f[EF["type"]]), f[EF["agent"]]) for _, f in entries]
 
 
 async def expect_status(call, code: grpc.StatusCode, *fields: str):

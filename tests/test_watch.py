@@ -10,6 +10,7 @@ from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
 from server import keys
+from server.keys import EVENT_FIELDS as EF
 from test_registry import register_request
 
 TIMEOUT = 30
@@ -57,7 +58,7 @@ def changes(events):
 async def log_after(redis, revision: str, namespace: str = "default"):
     """Ground truth: (type, agent id) of every log entry after `revision`."""
     entries = await redis.xrange(keys.namespace(namespace).log, min=f"({revision}")
-    return [(int(f["e"]), f"{namespace}/{f['a']}") for _, f in entries]
+    return [(int(f[EF["type"]]), f"{namespace}/{f[EF['agent']]}") for _, f in entries]
 
 
 async def status_flips(stub, agent_ids, count: int) -> None:

@@ -96,14 +96,17 @@ local function set_lease(P, name, rec, now, timeout_ms)
   return deadline
 end
 
--- Appends one change to the namespace log; the stream id is the revision. `extra` holds more
--- field/value pairs: the previous status or record, so a watcher whose selector the agent
--- leaves still hears of it.
+-- Appends one change to the namespace log; the stream id is the revision. The entry holds the
+-- event fields (EF) and then the agent record's own fields, minus its owner. `extra` holds more
+-- event fields: the previous status or record, so a watcher whose selector the agent leaves
+-- still hears of it.
 local function append_event(P, maxlen, ev, name, rec, reason, extra)
-  local args = {'XADD', P .. K.LOG, 'MAXLEN', '~', maxlen, '*', 'e', ev, 'a', name}
-  if rec then args[#args + 1] = 'r'; args[#args + 1] = cjson.encode(to_flat(rec)) end
-  if reason and reason ~= '' then args[#args + 1] = 'why'; args[#args + 1] = reason end
+  local args = {'XADD', P .. K.LOG, 'MAXLEN', '~', maxlen, '*', EF.type, ev, EF.agent, name}
+  if reason and reason ~= '' then args[#args + 1] = EF.reason; args[#args + 1] = reason end
   for _, v in ipairs(extra or {}) do args[#args + 1] = v end
+  for k, v in pairs(rec or {}) do
+    if k ~= F.owner then args[#args + 1] = k; args[#args + 1] = v end
+  end
   return redis.call(unpack(args))
 end
 
