@@ -181,8 +181,8 @@ async def redis_registry(redis_proc, request):
 class ServerProcess:
     """`service-registry serve` in a child process, for restarts, kills and multi-process."""
 
-    def __init__(self, redis_url: str, **env):
-        self.port = free_port()
+    def __init__(self, redis_url: str, port: int | None = None, **env):
+        self.port = port or free_port()
         self.env = {**os.environ, "REDIS_URL": redis_url, "SERVICE_REGISTRY_HOST": "127.0.0.1",
                     "SERVICE_REGISTRY_PORT": str(self.port), "METRICS_PORT": "0",
                     **{k: str(v) for k, v in env.items()}}
@@ -240,8 +240,8 @@ async def wait_serving(address: str, timeout: float = 20.0, proc=None, log: str 
 def server_processes():
     procs: list[ServerProcess] = []
 
-    async def start(redis_url: str, **env) -> ServerProcess:
-        proc = ServerProcess(redis_url, **env)
+    async def start(redis_url: str, port: int | None = None, **env) -> ServerProcess:
+        proc = ServerProcess(redis_url, port, **env)
         procs.append(proc)
         await proc.start()
         return proc

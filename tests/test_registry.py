@@ -543,3 +543,27 @@ async def test_config_errors_name_the_setting():
     with pytest.raises(ConfigError, match="--heartbeat-timeout"):
         load({"heartbeat_timeout": "-1"}, environ={})
     assert load(environ={"HEARTBEAT_TIMEOUT": "5"}).heartbeat_timeout == 5.0
+
+
+async def test_prometheus_endpoint_has_the_seed_metrics(redis_proc):
+    import urllib.request
+    from conftest import free_port, running_registry
+
+    port = free_port()
+    async with running_registry("redis", redis_proc, metrics_port=port) as reg:
+        aid = (await reg.stub.Register(register_request())).agent_id
+        await reg.stub.Heartbeat(pb.HeartbeatRequest(agent_id=aid))
+        await expect_status(reg.stub.Heartbeat(pb.HeartbeatRequest(agent_id="default/nobody")),
+                            grpc.StatusCode.NOT_FOUND)
+        await reg.stub.DiscoverAgents(pb.DiscoverRequest(capabilities=["python"]))
+        url = f"http://127.0.0.1:{port}/metrics"
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
+    samples = {line.split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+    for name in ('service_registry_register_total{outcome="ok"}',
+                 'service_registry_heartbeat_total{outcome="ok"}',
+                 'service_registry_heartbeat_total{outcome="not_found"}',
+                 'service_registry_discover_total{outcome="ok"}'):
+        assert name in samples, name
+    assert any(s.startswith('service_registry_latency_seconds_bucket{le="0.005",'
+                            'operation="heartbeat",outcome="ok"}') for s in samples)
+    assert "# TYPE service_registry_agents_total gauge" in text

@@ -5,7 +5,8 @@ import asyncio
 
 import grpc
 import pytest
-from neural_hive_integration.clients import AgentInfo, HealthStatus, WatchCompacted
+from neural_hive_integration.clients import (AgentInfo, HealthStatus, ServiceRegistryClient,
+                                              WatchCompacted)
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
@@ -127,27 +128,27 @@ async def test_resume_receives_every_missed_change_exactly_once(registry):
     assert changes(seen) == [(pb.REGISTERED, "default/first")]
     stream.cancel()  # the watcher goes away
 
-    names = [f"r{i:03d}" for i in range(400)]
-    for chunk in range(0, 400, 50):
+    names = [f"r{i:03d}" for i in range(500)]
+    for chunk in range(0, 500, 50):
         await asyncio.gather(*(stub.Register(register_request(agent_id=n))
                                for n in names[chunk:chunk + 50]))
-    for chunk in range(0, 300, 50):
+    for chunk in range(0, 350, 50):
         await asyncio.gather(*(stub.Deregister(pb.DeregisterRequest(agent_id=f"default/{n}"))
                                for n in names[chunk:chunk + 50]))
-    # 'first' and the 100 others stop heartbeating and expire
+    # 'first' and the 150 others stop heartbeating and expire
 
-    expected_expiries = 101
+    expected_expiries = 151
     resumed = registry.client.watch(since_revision=seen[0].revision)
     events = await take_until(resumed, lambda ev: sum(e.type == pb.EXPIRED for e in ev)
                               == expected_expiries)
     await resumed.aclose()
     got = changes(events)
-    assert len(got) == 400 + 300 + expected_expiries
+    assert len(got) == 500 + 350 + expected_expiries
     assert got == await log_after(registry.redis, seen[0].revision)
     # concurrent calls: order within a phase is the log's, which the line above checks
-    assert sorted(got[:400]) == [(pb.REGISTERED, f"default/{n}") for n in names]
-    assert sorted(got[400:700]) == [(pb.DEREGISTERED, f"default/{n}") for n in names[:300]]
-    assert sorted(got[700:]) == sorted([(pb.EXPIRED, f"default/{n}") for n in names[300:]]
+    assert sorted(got[:500]) == [(pb.REGISTERED, f"default/{n}") for n in names]
+    assert sorted(got[500:850]) == [(pb.DEREGISTERED, f"default/{n}") for n in names[:350]]
+    assert sorted(got[850:]) == sorted([(pb.EXPIRED, f"default/{n}") for n in names[350:]]
                                        + [(pb.EXPIRED, "default/first")])
 
 
@@ -193,6 +194,40 @@ async def test_watch_from_an_empty_log_keeps_every_event(registry):
     assert changes(await take(resumed, 2)) == [(pb.REGISTERED, "default/a"),
                                                (pb.REGISTERED, "default/b")]
     resumed.cancel()
+
+
+async def test_client_watch_resumes_by_itself_across_a_server_restart(redis_proc,
+                                                                     server_processes):
+    server = await server_processes(redis_proc.url)
+    client = ServiceRegistryClient("127.0.0.1", server.port, backoff=0.05, max_backoff=0.2)
+    events = client.watch()
+    head = await take_until(events, lambda ev: ev[-1].type == pb.SNAPSHOT_END)
+    assert [e.type for e in head] == [pb.SNAPSHOT_END]
+    await client.register_agent(AgentInfo(agent_id="before", capabilities=["py"]))
+    assert changes(await take(events, 1)) == [(pb.REGISTERED, "default/before")]
+
+    server.kill()
+    await server_processes(redis_proc.url, port=server.port)  # back on the same address
+    for name in ("after-1", "after-2"):
+        await client.register_agent(AgentInfo(agent_id=name, capabilities=["py"]))
+    # no snapshot again, nothing repeated, nothing lost
+    assert changes(await take(events, 2)) == [(pb.REGISTERED, "default/after-1"),
+                                              (pb.REGISTERED, "default/after-2")]
+    await events.aclose()
+    await client.close()
+
+
+async def test_watchers_share_one_redis_reader_per_namespace(redis_registry):
+    reg = redis_registry
+    before = len(await reg.redis.client_list())
+    streams = [await open_watch(reg.stub, capability=f"c{i % 7}") for i in range(200)]
+    during = len(await reg.redis.client_list())
+    assert during - before <= 2  # the namespace's log reader (and nothing per watcher)
+    await reg.stub.Register(register_request(agent_id="x", capabilities=["c3"]))
+    got = await asyncio.gather(*(take(s, 1) for s, _, _ in streams[3::7]))
+    assert {changes(g)[0] for g in got} == {(pb.REGISTERED, "default/x")}
+    for stream, _, _ in streams:
+        stream.cancel()
 
 
 @pytest.mark.settings(log_max_events=1000)
