@@ -111,7 +111,7 @@ async def _counter_delta(bench, counter: str | None, before: dict | None) -> tup
 async def drive_unary(bench, scenario: str, group: str, unit: str, address: str, method: str,
                       messages: list[bytes], *, counter: str | None = None, server_pids=None,
                       duration: float | None = None, items: int = 1,
-                      force_python: bool = False) -> Result:
+                      force_python: bool = False, concurrency: int | None = None) -> Result:
     """Closed-loop unary calls: h2load when available (first message as the body), else the
     Python load generator rotating over `messages`."""
     p = bench.profile
@@ -136,14 +136,15 @@ async def drive_unary(bench, scenario: str, group: str, unit: str, address: str,
                                 "reachable: gRPC errors unverified")
         return _fill(result, cpu, res.cpu_seconds / max(duration + p.warmup, 1e-6))
     per = max(1, len(messages) // bench.options.loadgen_procs)
-    jobs = bench.loadgen_jobs("unary", {}, method=method, items=items, duration=duration)
+    jobs = bench.loadgen_jobs("unary", {}, method=method, items=items, duration=duration,
+                              concurrency=concurrency or p.concurrency)
     for i, job in enumerate(jobs):
         job["address"] = address
         job["requests"] = messages[i * per:(i + 1) * per] or messages
     merged, cpu = await _python_run(bench, scenario, jobs, server_pids=server_pids)
     result = Result(scenario, group, unit, ops=merged["ops"], errors=merged["errors"],
                     seconds=merged["seconds"], latency_ms=percentiles(merged["latencies"]),
-                    driver=f"python x{len(jobs)} procs x{p.concurrency} callers")
+                    driver=f"python x{len(jobs)} procs x{jobs[0]['concurrency']} callers")
     if merged["first_error"]:
         result.notes.append(f"first error: {merged['first_error']}")
     return _fill(result, cpu, merged["cpu_seconds"] / max(merged["seconds"], 1e-6))
@@ -314,7 +315,8 @@ async def ceilings(bench) -> None:
     ids = [f"bench-echo/a{i}" for i in range(p.batch_size * 2)]
     bench.add(await drive_unary(bench, "ceiling.grpc_echo.batch", "ceiling", "heartbeats",
                                 bench.echo_addr, "HeartbeatBatch", batches(ids, p.batch_size),
-                                server_pids=echo_pids, items=p.batch_size, force_python=True))
+                                server_pids=echo_pids, items=p.batch_size, force_python=True,
+                                concurrency=p.batch_callers))
     for r in bench.results:
         if r.scenario.startswith("ceiling.grpc_echo"):
             r.group = "ceiling"
@@ -419,7 +421,8 @@ async def heartbeat(bench) -> None:
                                           messages))
     result = await drive_unary(bench, "heartbeat.batch", "heartbeat", "heartbeats", bench.addr,
                                "HeartbeatBatch", batches(agents, p.batch_size),
-                               items=p.batch_size, force_python=True)
+                               items=p.batch_size, force_python=True,
+                               concurrency=p.batch_callers)
     result.extra["batch_size"] = p.batch_size
     bench.add(result)
 
@@ -774,19 +777,33 @@ async def expiry(bench) -> None:
     delays, arrivals, deadlines = [], [], []
     ready = asyncio.Event()
 
+    resumed = []
+
     async def watcher():
-        call = stub.WatchAgents(pb.WatchRequest(namespace=ns))
-        async for event in call:
-            if event.type == pb.SNAPSHOT_END:
-                ready.set()
-            elif event.type == pb.EXPIRED and event.agent.agent_id != f"{ns}/probe":
-                now_ms = time.time() * 1000.0
-                delays.append(now_ms - event.agent.expires_at_unix_ms)
-                arrivals.append(now_ms)
-                deadlines.append(event.agent.expires_at_unix_ms)
-                if len(delays) >= n:
-                    call.cancel()
-                    return
+        revision = ""
+        while True:  # a watcher cut off (e.g. it fell behind its buffer) resumes
+            call = stub.WatchAgents(pb.WatchRequest(namespace=ns, since_revision=revision))
+            try:
+                async for event in call:
+                    if event.revision and event.type not in (pb.SNAPSHOT, pb.SNAPSHOT_END):
+                        revision = event.revision
+                    if event.type == pb.SNAPSHOT_END:
+                        revision = event.revision
+                        ready.set()
+                    elif event.type == pb.EXPIRED and event.agent.agent_id != f"{ns}/probe":
+                        now_ms = time.time() * 1000.0
+                        delays.append(now_ms - event.agent.expires_at_unix_ms)
+                        arrivals.append(now_ms)
+                        deadlines.append(event.agent.expires_at_unix_ms)
+                        if len(delays) >= n:
+                            call.cancel()
+                            return
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                      grpc.StatusCode.UNAVAILABLE) or not revision:
+                    raise
+                resumed.append(exc.code().name)
 
     watch_task = asyncio.ensure_future(watcher())
     await asyncio.wait_for(ready.wait(), 30)
@@ -813,4 +830,6 @@ async def expiry(bench) -> None:
     result.extra.update(agents=n, heartbeat_timeout_s=timeout_s,
                         registration_seconds=round(registered_in, 3))
     result.notes.append("latency = EXPIRED event arrival - the agent's deadline")
+    if resumed:
+        result.notes.append(f"the watcher resumed {len(resumed)} time(s) ({resumed[0]})")
     bench.add(_fill(result, cpu, None))

@@ -49,10 +49,11 @@ class Profile:
     expiry_timeout: float        # heartbeat timeout of the expiry scenario's server (seconds)
     memory_agents: int
     redis_bench_requests: int    # redis-benchmark -n for the -P 16 run
-    h2_clients: int = 4          # h2load connections
-    h2_streams: int = 16         # h2load concurrent streams per connection
+    h2_clients: int = 16         # h2load connections (several: SO_REUSEPORT spreads
+    h2_streams: int = 4          #   connections, not calls); concurrent streams on each
     concurrency: int = 32        # Python closed-loop callers per loadgen process
-    channels: int = 2            # gRPC connections per loadgen process
+    batch_callers: int = 2       # concurrent HeartbeatBatch calls per loadgen process
+    channels: int = 4            # gRPC connections per loadgen process
 
 
 PROFILES = {
@@ -75,7 +76,7 @@ PROFILES = {
                     mixed_discover_rate=20.0, watchers=4, watch_events=3, watch_rate=20.0,
                     expiry_agents=20, expiry_timeout=0.5, memory_agents=100,
                     redis_bench_requests=2000, h2_clients=1, h2_streams=2, concurrency=2,
-                    channels=1),
+                    batch_callers=1, channels=1),
 }
 
 SCENARIOS = ("ceilings", "register", "heartbeat", "memory", "discover", "mixed", "watch",
