@@ -11,17 +11,27 @@ import click
 
 from server import config
 
+from . import operator
+
 EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_ERROR = 1, 2, 3, 4
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli():
+@operator.connection_options
+@click.pass_context
+def cli(ctx, **connection):
     """Service Registry: agent registration, discovery and watching on Redis.
+
+    `serve` runs the server; the other commands operate a running server over gRPC
+    (global options before the command: --addr, --token, --tls-*, --timeout).
+    Exit codes: 0 success, 1 not found, 2 usage, 3 server unavailable, 4 other errors.
 
     \b
     Example:
       service-registry serve --redis-url redis://localhost:6379
+      service-registry --addr localhost:50051 agents list
     """
+    ctx.obj = operator.Connection(**connection)
 
 
 def _serve_options(fn):
@@ -63,6 +73,8 @@ def serve(**flags):
 def _register_subcommands() -> None:
     from benchmarks.cli import bench
     cli.add_command(bench)
+    for command in operator.COMMANDS:
+        cli.add_command(command)
 
 
 _register_subcommands()
