@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import signal
+import tempfile
 import time
 
 import grpc
@@ -11,8 +14,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
 from . import keys, metrics
-from .auth import Auth, TokensFileError
+from .auth import Auth, TokensFileError, refusing_handler
 from .config import Settings
+from .errors import RpcError
 from .expiry import Reaper
 from .service import RegistryService
 from .store import Store
@@ -27,6 +31,89 @@ SERVICE_NAME = "service_registry.ServiceRegistry"
 LIVENESS_SERVICE = "liveness"
 HEALTH_PROBE_INTERVAL = 1.0
 GAUGE_INTERVAL = 5.0
+# Draining refuses new calls with UNAVAILABLE (clients retry it) before gRPC is stopped: gRPC's
+# stop fails calls that have arrived but wait for a handler with CANCELLED (grpc/grpc#41785),
+# which clients do not retry. To know none waits, a health call is sent to the server over a
+# private Unix socket: calls are handed to handlers in arrival order, so once it is answered
+# every call that came before it has been refused. Repeated while calls keep coming, for at most
+# DRAIN_REFUSE_MAX seconds (clients retry for a few seconds only). Without the socket: until no
+# call has come for DRAIN_QUIET seconds.
+DRAIN_REFUSE_MAX = 1.0
+DRAIN_QUIET = 0.1
+
+
+class Gate(grpc.aio.ServerInterceptor):
+    """Runs before any ServiceRegistry handler (the health service is never gated): refuses
+    new calls with UNAVAILABLE while the server drains, and calls without a valid token with
+    UNAUTHENTICATED (before any request validation or Redis work). Scope and namespace are
+    checked in the handler (Auth.check), which knows the namespace."""
+
+    PREFIX = f"/{SERVICE_NAME}/"
+
+    def __init__(self, auth: Auth):
+        self.auth = auth
+        self.draining = False
+        self.refused = 0          # calls refused while draining
+        self.last_refused = 0.0   # and when the last one was (monotonic)
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(self.PREFIX):
+            return handler
+        if self.draining:
+            self.refused += 1
+            self.last_refused = time.monotonic()
+            return refusing_handler(handler, RpcError(
+                grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry (another "
+                "instance will answer)"))
+        if self.auth.enabled:
+            try:
+                self.auth.identify(details.invocation_metadata)
+            except RpcError as exc:
+                return refusing_handler(handler, exc)
+        return handler
+
+
+class Health(health.aio.HealthServicer):
+    """The gRPC health service, whose Watch streams end with UNAVAILABLE once the server drains
+    (after sending NOT_SERVING): otherwise a watcher would hold the drain for the whole grace."""
+
+    def __init__(self):
+        super().__init__()
+        self._statuses: dict[str, int] = {"": health_pb2.HealthCheckResponse.SERVING}
+        self._changed: asyncio.Condition | None = None
+        self.closing = False
+
+    @property
+    def changed(self) -> asyncio.Condition:
+        if self._changed is None:  # created in the server's event loop
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def set(self, service: str, status) -> None:
+        await super().set(service, status)
+        async with self.changed:
+            self._statuses[service] = status
+            self.changed.notify_all()
+
+    async def close(self) -> None:
+        async with self.changed:
+            self.closing = True
+            self.changed.notify_all()
+
+    async def Watch(self, request, context):
+        unknown = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        last = None
+        async with self.changed:
+            while True:
+                status = self._statuses.get(request.service, unknown)
+                if status != last:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                if self.closing:
+                    break
+                await self.changed.wait()
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
 
 
 class Server:
@@ -35,13 +122,14 @@ class Server:
         self.store = Store(settings)
         self.watches = Watches(settings, self.store)
         self.reaper = Reaper(settings, self.store)
-        self.health = health.aio.HealthServicer()
+        self.health = Health()
         self.auth = Auth(settings.tokens_file)     # TokensFileError: bad file
         self.tls = ServerTLS.from_settings(settings)  # TLSError: unusable certificate files
         self.service = RegistryService(settings, self.store, self.watches, self.auth,
                                        on_unavailable=self._mark_unavailable)
+        self.gate = Gate(self.auth)
         self.grpc = grpc.aio.server(
-            interceptors=[self.auth.interceptor()] if self.auth.enabled else None,
+            interceptors=[self.gate],
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.keepalive_time_ms", 30_000),
@@ -52,6 +140,7 @@ class Server:
         self.port = 0
         self._serving = None
         self._draining = False
+        self._drain_dir = ""      # holds the Unix socket the drain checks itself through
         self._tasks: list[asyncio.Task] = []
         self._stopped = asyncio.Event()
 
@@ -62,6 +151,7 @@ class Server:
             self.port = self.grpc.add_insecure_port(self.settings.address)
         if not self.port:
             raise RuntimeError(f"cannot listen on {self.settings.address}")
+        self._add_drain_socket()
         self._log_security()
         log.info("store: %s", self.store.describe())
         if self.store.embedded:
@@ -94,6 +184,44 @@ class Server:
         else:
             log.warning("AUTHENTICATION IS OFF: anyone who reaches %s may register, evict and "
                         "notify agents; set TOKENS_FILE to require tokens", where)
+
+    def _add_drain_socket(self) -> None:
+        """A Unix socket in a private (0700) directory, for the drain's own health calls."""
+        try:
+            self._drain_dir = tempfile.mkdtemp(prefix="service-registry-")
+            if self.grpc.add_insecure_port(f"unix:{self._drain_path}"):
+                return
+        except (OSError, RuntimeError) as exc:
+            log.info("drain: no private Unix socket (%s); draining waits for a quiet spell", exc)
+        self._remove_drain_socket()
+
+    @property
+    def _drain_path(self) -> str:
+        return os.path.join(self._drain_dir, "drain.sock")
+
+    def _remove_drain_socket(self) -> None:
+        if self._drain_dir:
+            shutil.rmtree(self._drain_dir, ignore_errors=True)
+            self._drain_dir = ""
+
+    async def _refuse_until_settled(self, started: float, grace: float) -> None:
+        """Lame duck: new calls get UNAVAILABLE until none waits for a handler (see above)."""
+        until = started + min(grace, DRAIN_REFUSE_MAX)
+        if self._drain_dir:
+            async with grpc.aio.insecure_channel(f"unix:{self._drain_path}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                while (left := until - time.monotonic()) > 0:
+                    before = self.gate.refused
+                    try:
+                        await stub.Check(health_pb2.HealthCheckRequest(service=LIVENESS_SERVICE),
+                                         timeout=left)
+                    except grpc.aio.AioRpcError:
+                        break
+                    if self.gate.refused == before:
+                        return  # nothing was waiting ahead of it
+            return
+        while (now := time.monotonic()) < until and now < self.gate.last_refused + DRAIN_QUIET:
+            await asyncio.sleep(min(until, self.gate.last_refused + DRAIN_QUIET) - now)
 
     def reload(self) -> None:
         """SIGHUP: read the tokens file and the TLS files again."""
@@ -152,12 +280,19 @@ class Server:
         await cancel_tasks(self._tasks)
         self._serving = None
         await self._set_serving(False)
+        started = time.monotonic()
+        self.gate.last_refused = started
+        self.gate.draining = True  # new calls: UNAVAILABLE, clients retry elsewhere
         watchers = sum(len(feed.watchers) for feed in self.watches.feeds.values())
         self.watches.close("server is shutting down; resume from your last revision elsewhere")
-        log.info("draining: NOT_SERVING, %d watch stream(s) told to resume elsewhere "
-                 "(UNAVAILABLE), in-flight calls have %ss", watchers, grace)
-        await self.grpc.stop(grace)
-        log.info("draining: gRPC stopped")
+        await self.health.close()
+        log.info("draining: NOT_SERVING, refusing new calls (UNAVAILABLE), %d watch stream(s) "
+                 "told to resume elsewhere, in-flight calls have %ss", watchers, grace)
+        await self._refuse_until_settled(started, grace)
+        log.info("draining: %d new call(s) refused; stopping gRPC", self.gate.refused)
+        await self.grpc.stop(max(0.0, grace - (time.monotonic() - started)))
+        self._remove_drain_socket()
+        log.info("draining: gRPC stopped after %.1fs", time.monotonic() - started)
         await cancel_tasks(getattr(self.reaper, "_tasks", ()))
         await self.reaper.stop()
         await self.store.close()
