@@ -19,6 +19,9 @@ from .scripts import Scripts
 log = logging.getLogger("service_registry")
 
 COMMAND_TIMEOUT = 5.0
+# Redis runs one command at a time: more connections add no throughput. Calls beyond this wait
+# for a free connection instead of failing with "Too many connections".
+MAX_CONNECTIONS = 64
 NAMESPACE_CACHE_SECONDS = 2.0
 
 
@@ -40,10 +43,12 @@ class Store:
             import fakeredis
             return fakeredis.aioredis.FakeRedis(server=self._fake_server, decode_responses=True)
         # Few, fast retries: a caller should get UNAVAILABLE quickly when Redis is down.
-        return aioredis.Redis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             self.settings.redis_url, decode_responses=True, socket_timeout=socket_timeout,
             socket_connect_timeout=2.0, health_check_interval=30,
+            max_connections=MAX_CONNECTIONS, timeout=COMMAND_TIMEOUT,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2))
+        return aioredis.Redis.from_pool(pool)
 
     def describe(self) -> str:
         if self.embedded:
