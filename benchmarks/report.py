@@ -91,10 +91,14 @@ def targets(results: list[Result], profile_name: str) -> list[dict]:
     loaded = by_name.get("mixed.heartbeat.with_discover")
     if loaded and loaded.extra.get("p99_ratio"):
         ratio = loaded.extra["p99_ratio"]
+        if loaded.throughput < 0.9 * loaded.extra.get("target_rate", 0):
+            ratio_note = "; the server did not keep up with the rate: p99 is queueing"
+        else:
+            ratio_note = ""
         add("100 Discover/s raises heartbeat p99 by", "< 2x", f"{ratio:.2f}x", ratio < 2.0,
             f"p99 {by_name['mixed.heartbeat.alone'].latency_ms.get('p99', 0):.2f} -> "
             f"{loaded.latency_ms.get('p99', 0):.2f} ms at "
-            f"{loaded.extra.get('target_rate', 0):,.0f} heartbeats/s")
+            f"{loaded.extra.get('target_rate', 0):,.0f} heartbeats/s{ratio_note}")
     else:
         add("100 Discover/s raises heartbeat p99 by", "< 2x", "n/a", None)
     w = by_name.get("watch.fanout")
@@ -121,8 +125,25 @@ def targets(results: list[Result], profile_name: str) -> list[dict]:
     return out
 
 
+def add_cpu_figures(results: list[Result]) -> None:
+    """Server CPU per operation, and the load others put on the machine meanwhile."""
+    for r in results:
+        if r.skipped or not r.ops:
+            continue
+        if r.server_cpu and r.throughput:
+            r.extra["server_cpu_us_per_op"] = round(r.server_cpu * 1e6 / r.throughput, 1)
+        if r.machine_busy is not None and r.server_cpu is not None:
+            ours = (r.server_cpu or 0) + (r.redis_cpu or 0) + (r.loadgen_cpu or 0)
+            other = round(max(r.machine_busy - ours, 0.0), 2)
+            r.extra["other_load_cores"] = other
+            if other >= 0.3:
+                r.notes.append(f"{other:.2f} cores were busy with other work on this machine "
+                               "meanwhile: the figures are depressed by it")
+
+
 def build(meta: dict, bench) -> dict:
     add_ratios(bench.results)
+    add_cpu_figures(bench.results)
     ts = targets(bench.results, bench.profile.name)
     doc = {"meta": meta, "results": [r.to_json() for r in bench.results], "targets": ts,
            "notes": bench.notes}
@@ -140,19 +161,20 @@ def _fmt(x, digits=2) -> str:
 
 def print_table(results: list[Result], ts: list[dict], meta: dict) -> None:
     cols = ("scenario", "driver", "ops/s", "unit", "p50", "p95", "p99", "p99.9", "errors",
-            "x echo", "x redis", "cpu lg/srv/redis")
+            "x echo", "x redis", "cpu lg/srv/redis", "srv us/op", "other")
     rows = []
     for r in results:
         if r.skipped:
-            rows.append((r.scenario, f"skipped: {r.skipped}", "", "", "", "", "", "", "", "", "",
-                         ""))
+            rows.append((r.scenario, f"skipped: {r.skipped}", *[""] * (len(cols) - 2)))
             continue
         lat = r.latency_ms
         cpu = "/".join(_fmt(x, 2) for x in (r.loadgen_cpu, r.server_cpu, r.redis_cpu))
         rows.append((r.scenario, r.driver[:44], _fmt(r.throughput, 0), r.unit,
                      _fmt(lat.get("p50")), _fmt(lat.get("p95")), _fmt(lat.get("p99")),
                      _fmt(lat.get("p99.9")), _fmt(r.errors), _fmt(r.ratios.get("vs_grpc_echo")),
-                     _fmt(r.ratios.get("vs_redis_limit"), 3), cpu))
+                     _fmt(r.ratios.get("vs_redis_limit"), 3), cpu,
+                     _fmt(r.extra.get("server_cpu_us_per_op"), 0),
+                     _fmt(r.extra.get("other_load_cores"))))
     widths = [max(len(str(row[i])) for row in [cols, *rows]) for i in range(len(cols))]
     line = "  ".join("{:<%d}" % w if i < 2 or i == 3 else "{:>%d}" % w
                      for i, w in enumerate(widths))
@@ -162,7 +184,8 @@ def print_table(results: list[Result], ts: list[dict], meta: dict) -> None:
         f"{meta['cpu']}; load average at start {meta['load_average_at_start']}")
     out("latency in ms; x echo = throughput / the echo server's (same driver); x redis = "
         "heartbeats/s / redis-benchmark -P 16 on heartbeat.lua; cpu in cores "
-        "(load generator / server / redis)")
+        "(load generator / server / redis); srv us/op = server CPU per operation; other = "
+        "cores busy with anything else on the machine (other users)")
     out(line.format(*cols))
     out(line.format(*("-" * w for w in widths)))
     for row in rows:

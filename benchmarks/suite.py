@@ -52,16 +52,16 @@ class Profile:
     h2_clients: int = 16         # h2load connections (several: SO_REUSEPORT spreads
     h2_streams: int = 4          #   connections, not calls); concurrent streams on each
     concurrency: int = 32        # Python closed-loop callers per loadgen process
-    batch_callers: int = 2       # concurrent HeartbeatBatch calls per loadgen process
+    batch_callers: int = 4       # concurrent HeartbeatBatch calls per loadgen process
     channels: int = 4            # gRPC connections per loadgen process
 
 
 PROFILES = {
-    "quick": Profile("quick", duration=3.0, warmup=1.0, register_agents=3000, hb_agents=1000,
+    "quick": Profile("quick", duration=3.0, warmup=1.0, register_agents=2000, hb_agents=1000,
                      batch_size=500, stream_messages=200, stream_agents=64, fleets=(1000, 10000),
-                     discover_duration=1.5, redis_probe_calls=100, mixed_duration=4.0,
-                     mixed_discover_rate=100.0, watchers=1000, watch_events=20, watch_rate=10.0,
-                     expiry_agents=2000, expiry_timeout=2.0, memory_agents=5000,
+                     discover_duration=1.0, redis_probe_calls=40, mixed_duration=4.0,
+                     mixed_discover_rate=100.0, watchers=1000, watch_events=15, watch_rate=10.0,
+                     expiry_agents=1000, expiry_timeout=2.0, memory_agents=5000,
                      redis_bench_requests=100_000),
     "full": Profile("full", duration=10.0, warmup=2.0, register_agents=20000, hb_agents=2000,
                     batch_size=500, stream_messages=200, stream_agents=64,
