@@ -210,15 +210,15 @@ class Server:
         if self._drain_dir:
             async with grpc.aio.insecure_channel(f"unix:{self._drain_path}") as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
-                while (left := until - time.monotonic()) > 0:
+                clean = 0  # consecutive checks that found nothing waiting ahead of them
+                while clean < 2 and (left := until - time.monotonic()) > 0:
                     before = self.gate.refused
                     try:
                         await stub.Check(health_pb2.HealthCheckRequest(service=LIVENESS_SERVICE),
                                          timeout=left)
                     except grpc.aio.AioRpcError:
                         break
-                    if self.gate.refused == before:
-                        return  # nothing was waiting ahead of it
+                    clean = clean + 1 if self.gate.refused == before else 0
             return
         while (now := time.monotonic()) < until and now < self.gate.last_refused + DRAIN_QUIET:
             await asyncio.sleep(min(until, self.gate.last_refused + DRAIN_QUIET) - now)
