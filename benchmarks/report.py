@@ -36,8 +36,7 @@ def add_ratios(results: list[Result]) -> None:
         echo = by_name.get(_echo_ceiling(r.scenario) or "")
         if echo is not None and echo.throughput:
             r.ratios["vs_grpc_echo"] = round(r.throughput / echo.throughput, 3)
-        if redis is not None and redis.throughput and r.unit == "heartbeats" \
-                and not r.scenario.startswith("ceiling.redis"):
+        if redis is not None and redis.throughput and r.group == "heartbeat":
             r.ratios["vs_redis_limit"] = round(r.throughput / redis.throughput, 3)
 
 
@@ -233,7 +232,8 @@ def chart(doc: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in doc["results"] if not r["skipped"] and r["ops"]]
+    rows = [r for r in doc["results"] if not r["skipped"] and r["ops"]
+            and r["group"] != "memory"]
     names = [r["scenario"] for r in rows]
     height = max(4.0, 0.32 * len(rows) + 1.5)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, height), sharey=True)
@@ -246,8 +246,9 @@ def chart(doc: dict, path: Path) -> Path:
     ax1.invert_yaxis()
     ax1.set_xlabel("throughput per second (log); gray = ceilings")
     for i, r in enumerate(rows):
-        ratio = r["ratios"].get("vs_grpc_echo") or r["ratios"].get("vs_redis_limit")
-        label = f"{r['throughput_per_s']:,.0f}" + (f"  ({ratio:.2f}x)" if ratio else "")
+        ratios = [f"{r['ratios'][key]:.2f}x {name}" for key, name in
+                  (("vs_grpc_echo", "echo"), ("vs_redis_limit", "redis")) if key in r["ratios"]]
+        label = f"{r['throughput_per_s']:,.0f}" + (f"  ({', '.join(ratios)})" if ratios else "")
         ax1.text(r["throughput_per_s"], i, " " + label, va="center", fontsize=7)
     marks = (("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red"),
              ("p99.9", "tab:purple"))
@@ -265,3 +266,34 @@ def chart(doc: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def markdown(doc: dict) -> str:
+    """The results and targets of a results.json as Markdown tables (for RESULTS.md)."""
+    out = ["| scenario | driver | ops/s | unit | p50 | p95 | p99 | p99.9 | errors | x echo "
+           "| x redis | CPU loadgen/server/redis | server us/op | other load |",
+           "|" + "---|" * 14]
+    for r in doc["results"]:
+        if r["skipped"]:
+            out.append(f"| {r['scenario']} | skipped: {r['skipped']} |" + " |" * 12)
+            continue
+        lat = r["latency_ms"]
+        cpu = "/".join(_fmt(r[k], 2) for k in ("loadgen_cpu", "server_cpu", "redis_cpu"))
+        out.append("| " + " | ".join((
+            r["scenario"], r["driver"], _fmt(r["throughput_per_s"], 0), r["unit"],
+            _fmt(lat.get("p50")), _fmt(lat.get("p95")), _fmt(lat.get("p99")),
+            _fmt(lat.get("p99.9")), _fmt(r["errors"]), _fmt(r["ratios"].get("vs_grpc_echo")),
+            _fmt(r["ratios"].get("vs_redis_limit"), 3), cpu,
+            _fmt(r["extra"].get("server_cpu_us_per_op"), 0),
+            _fmt(r["extra"].get("other_load_cores")))) + " |")
+    out += ["", "| target | goal | measured | met | detail |", "|---|---|---|---|---|"]
+    for t in doc["targets"]:
+        met = {True: "**met**", False: "**missed**", None: "not judged"}[t["met"]]
+        out.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {met} | {t['detail']} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
