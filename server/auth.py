@@ -19,10 +19,10 @@ Clients send `authorization: Bearer <token>`. A missing or unknown token is UNAU
 (nothing says which tokens exist); a known token outside its scope or namespace is
 PERMISSION_DENIED. Both are counted in service_registry_auth_failures_total{reason}.
 
-Operator commands:
-    python -m server.auth hash < token.txt         # the sha256 field for a token read on stdin
-    python -m server.auth new NAME SCOPE NAMESPACE  # a fresh token and its tokens-file entry
-    python -m server.auth check tokens.json         # validate a tokens file
+Operator commands (`python -m server.auth` for the list):
+    python -m server.auth add tokens.json guards agent guards   # prints the new token
+    python -m server.auth hash < token.txt       # the sha256 field for a token of your own
+    python -m server.auth rotate|remove tokens.json NAME; check tokens.json
 """
 from __future__ import annotations
 
@@ -31,9 +31,11 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -265,6 +267,16 @@ class Auth:
         return token.name if token.role is Role.AGENT else ""
 
 
+    def readable(self, context, namespaces) -> list[str]:
+        """Those of `namespaces` the caller may read (all of them when auth is off), for calls
+        over every namespace (Discover or GetStats without one) that should skip namespaces a
+        token does not cover instead of failing. UNAUTHENTICATED without a valid token."""
+        if not self.enabled:
+            return list(namespaces)
+        token = self.identify(context.invocation_metadata(), _peer(context))
+        return [ns for ns in namespaces if token.covers(ns)]
+
+
 def _peer(context) -> str:
     try:
         return context.peer()
@@ -290,41 +302,111 @@ def refusing_handler(handler, exc: RpcError):
 
 
 # -- operator commands ----------------------------------------------------------------------
+USAGE = """usage: python -m server.auth COMMAND
+
+  hash                              sha256 of the token read on stdin (one line)
+  new NAME SCOPE NAMESPACE          a fresh token (stderr) and its entry (stdout, JSON)
+  add FILE NAME SCOPE NAMESPACE     add a fresh token to FILE (created if missing); prints it
+  rotate FILE NAME                  replace NAME's token in FILE; prints the new one
+  remove FILE NAME                  remove NAME from FILE
+  check FILE                        validate FILE
+
+SCOPE is agent, reader or operator; NAMESPACE a namespace, or * for reader and operator.
+A token is printed once and stored nowhere: only its sha256 goes into the file. After changing
+the file, send the server SIGHUP (kill -HUP <pid>) to load it."""
+
+
+def _entry(name: str, scope: str, namespace: str) -> tuple[str, dict]:
+    token = secrets.token_urlsafe(32)
+    return token, {"name": name, "scope": scope, "namespace": namespace,
+                   "sha256": hash_token(token)}
+
+
+def _read_entries(path: str, missing_ok: bool = False) -> list[dict]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        if missing_ok:
+            return []
+        raise TokensFileError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise TokensFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    parse_tokens(text, path)
+    return json.loads(text)["tokens"]
+
+
+def _write_entries(path: str, entries: list[dict]) -> None:
+    """Validates, then replaces the file atomically (a reload never sees half a file)."""
+    text = json.dumps({"tokens": entries}, indent=2) + "\n"
+    parse_tokens(text, path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=".tokens-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        try:
+            os.chmod(temporary, os.stat(path).st_mode & 0o777)
+        except FileNotFoundError:
+            os.chmod(temporary, 0o640)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
 def _main(argv: list[str]) -> int:
-    usage = ("usage: python -m server.auth hash            (token on stdin -> sha256)\n"
-             "       python -m server.auth new NAME SCOPE NAMESPACE\n"
-             "       python -m server.auth check TOKENS_FILE")
-    if argv[:1] == ["hash"] and len(argv) == 1:
-        token = sys.stdin.readline().rstrip("\r\n")
-        if not token:
-            print("error: no token on stdin", file=sys.stderr)
-            return 2
-        print(hash_token(token))
-        return 0
-    if argv[:1] == ["new"] and len(argv) == 4:
-        _, name, scope, namespace = argv
-        token = secrets.token_urlsafe(32)
-        entry = {"name": name, "scope": scope, "namespace": namespace,
-                 "sha256": hash_token(token)}
-        try:
+    command, args = (argv[0], argv[1:]) if argv else ("", [])
+    try:
+        if command == "hash" and not args:
+            token = sys.stdin.readline().rstrip("\r\n")
+            if not token:
+                print("error: no token on stdin", file=sys.stderr)
+                return 2
+            print(hash_token(token))
+        elif command == "new" and len(args) == 3:
+            token, entry = _entry(*args)
             parse_tokens(json.dumps({"tokens": [entry]}), "new token")
-        except TokensFileError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"token (give it to the client, it is not stored anywhere): {token}",
+                  file=sys.stderr)
+            print(json.dumps(entry))
+        elif command == "add" and len(args) == 4:
+            path, name, scope, namespace = args
+            entries = _read_entries(path, missing_ok=True)
+            if any(e.get("name") == name for e in entries):
+                print(f"error: {path}: {name!r} exists (rotate or remove it)", file=sys.stderr)
+                return 1
+            token, entry = _entry(name, scope, namespace)
+            _write_entries(path, entries + [entry])
+            print(token)
+        elif command == "rotate" and len(args) == 2:
+            path, name = args
+            entries = _read_entries(path)
+            found = [e for e in entries if e.get("name") == name]
+            if not found:
+                print(f"error: {path}: no token named {name!r}", file=sys.stderr)
+                return 1
+            token = secrets.token_urlsafe(32)
+            found[0]["sha256"] = hash_token(token)
+            _write_entries(path, entries)
+            print(token)
+        elif command == "remove" and len(args) == 2:
+            path, name = args
+            entries = _read_entries(path)
+            kept = [e for e in entries if e.get("name") != name]
+            if len(kept) == len(entries):
+                print(f"error: {path}: no token named {name!r}", file=sys.stderr)
+                return 1
+            _write_entries(path, kept)
+        elif command == "check" and len(args) == 1:
+            print(f"ok: {len(load_tokens(args[0]))} token(s)")
+        else:
+            print(USAGE, file=sys.stderr)
             return 2
-        print(f"token (give it to the client, it is not stored anywhere): {token}",
-              file=sys.stderr)
-        print(json.dumps(entry))
-        return 0
-    if argv[:1] == ["check"] and len(argv) == 2:
-        try:
-            tokens = load_tokens(argv[1])
-        except TokensFileError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"ok: {len(tokens)} token(s)")
-        return 0
-    print(usage, file=sys.stderr)
-    return 2
+    except TokensFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if command in ("check", "rotate", "remove") else 2
+    return 0
 
 
 if __name__ == "__main__":

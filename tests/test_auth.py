@@ -273,6 +273,32 @@ async def test_an_operator_may_act_on_any_agent(secured):
     assert sum(ns.agents for ns in stats.namespaces) == 0
 
 
+def test_readable_namespaces_for_calls_over_every_namespace(tokens_file):
+    """For Discover/GetStats without a namespace: the namespaces a token may read."""
+    from server.auth import Auth
+    from server.errors import RpcError
+
+    class Context:
+        def __init__(self, token):
+            self.metadata = bearer(token) if token else ()
+
+        def invocation_metadata(self):
+            return self.metadata
+
+        def peer(self):
+            return "ipv4:127.0.0.1:1"
+
+    namespaces = ["alpha", "beta", "gamma"]
+    auth = Auth(str(tokens_file))
+    assert auth.readable(Context("reader-a"), namespaces) == ["alpha"]
+    assert auth.readable(Context("agent-b"), namespaces) == ["beta"]
+    assert auth.readable(Context("reader-all"), namespaces) == namespaces
+    with pytest.raises(RpcError) as err:
+        auth.readable(Context(None), namespaces)
+    assert err.value.code == UNAUTHENTICATED
+    assert Auth().readable(Context(None), namespaces) == namespaces  # auth off
+
+
 async def test_client_library_with_a_token(secured):
     async with secured.new_client(token=SECRETS["agent-a"]) as client:
         agent_id = await client.register_agent(AgentInfo(agent_type="worker", namespace="alpha",
@@ -339,6 +365,38 @@ def test_new_command_makes_a_working_entry(tmp_path):
     path.write_text(json.dumps({"tokens": [entry]}))
     assert run_auth_command("check", str(path)).returncode == 0
     assert run_auth_command("new", "x", "agent", "*").returncode == 2
+
+
+async def test_add_rotate_remove_commands_with_a_running_server(redis_proc, tmp_path, capsys):
+    """The operator's workflow: add a token, give it out, rotate it, remove it; each change
+    takes effect on reload (SIGHUP calls Server.reload)."""
+    from server.auth import _main as auth_command
+    path = str(tmp_path / "tokens.json")
+
+    def command(*argv) -> str:
+        assert auth_command(list(argv)) == 0, capsys.readouterr().err
+        return capsys.readouterr().out.strip()
+
+    token = command("add", path, "fleet", "agent", "alpha")
+    command("add", path, "viewer", "reader", "*")
+    assert token not in (tmp_path / "tokens.json").read_text()  # only its hash is stored
+    async with running_registry("redis", redis_proc, tokens_file=path) as reg:
+        async def heartbeat(secret: str):
+            return await _status(reg.stub.Heartbeat(pb.HeartbeatRequest(agent_id="alpha/x"),
+                                                    metadata=bearer(secret)))
+        await reg.stub.Register(pb.RegisterRequest(agent_type=pb.WORKER, namespace="alpha",
+                                                   agent_id="x"), metadata=bearer(token))
+        assert await heartbeat(token) == OK
+        rotated = command("rotate", path, "fleet")
+        assert await heartbeat(token) == OK  # nothing changes before the reload
+        reg.server.reload()
+        assert await heartbeat(token) == UNAUTHENTICATED
+        assert await heartbeat(rotated) == OK  # same name: still the agent's owner
+        command("remove", path, "fleet")
+        reg.server.reload()
+        assert await heartbeat(rotated) == UNAUTHENTICATED
+    assert auth_command(["add", path, "viewer", "reader", "*"]) == 1  # names are unique
+    assert auth_command(["rotate", path, "nobody"]) == 1
 
 
 @pytest.mark.parametrize("document, complaint", [
