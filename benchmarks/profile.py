@@ -18,8 +18,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
+from pathlib import Path
 
+import grpc
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
@@ -68,8 +69,7 @@ async def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     args = parser.parse_args()
-    spy = shutil.which("py-spy") or str(__import__("pathlib").Path(sys.executable).parent
-                                        / "py-spy")
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not shutil.which(spy) or not h2load.available():
         raise SystemExit("needs py-spy (pip install py-spy) and h2load (nghttp2-client)")
     redis = env.RedisServer()
@@ -77,7 +77,7 @@ async def main() -> None:
     group = None
     try:
         group = await env.start_group("registry", 1, redis.url)
-        async with __import__("grpc").aio.insecure_channel(group.address) as channel:
+        async with grpc.aio.insecure_channel(group.address) as channel:
             stub = pb_grpc.ServiceRegistryStub(channel)
             ids = [(await stub.Register(pb.RegisterRequest(agent_type=pb.WORKER,
                                                            namespace="profile"))).agent_id
@@ -117,7 +117,6 @@ def _write(data: bytes) -> str:
     path = tempfile.NamedTemporaryFile(prefix="sr-h2body-", suffix=".bin", delete=False).name
     with open(path, "wb") as f:
         f.write(data)
-    time.sleep(0)
     return path
 
 

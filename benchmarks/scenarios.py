@@ -73,14 +73,13 @@ def _merge_python(results: list[dict]) -> dict:
 
 async def _python_run(bench, label: str, jobs: list[dict], *, server_pids=None,
                       count_total=None) -> tuple[dict, dict]:
-    p = bench.profile
     seconds = jobs[0].get("duration", 0.0) if not count_total else 0.0
+    # Jobs start measuring 0.5 s after they are built (loadgen_jobs) plus their warm-up.
     raw, cpu = await bench.window(label, seconds + 0.5, bench.pool.run(jobs),
                                   warmup=jobs[0].get("warmup", 0.0) + 0.5,
                                   server_pids=server_pids, count_total=count_total)
     merged = _merge_python(raw)
     merged["raw"] = raw
-    del p
     return merged, cpu
 
 
