@@ -189,9 +189,10 @@ class _FailureLog:
                 self._suppressed += 1
                 return
             suppressed, self._suppressed, self._last = self._suppressed, 0, now
-        who = f" (token {name!r})" if name else ""
+        where = f" from {peer}" if peer else ""
+        who = f" with token {name!r}" if name else ""
         more = f"; {suppressed} more refused since the previous report" if suppressed else ""
-        log.warning("auth: refused a call from %s%s: %s%s", peer or "?", who, reason, more)
+        log.warning("auth: refused a call%s%s: %s%s", where, who, reason, more)
 
 
 class Auth:
