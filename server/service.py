@@ -7,7 +7,6 @@ WatchAgents -> the change log through watch.py.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -15,13 +14,12 @@ import secrets
 import time
 
 import grpc
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
 from . import convert, errors, validation
 from .auth import Auth, Scope
+from .coalesce import HeartbeatPipeline
 from .config import Settings
 from .errors import RpcError
 from .store import Store
@@ -51,6 +49,9 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         self.on_unavailable = on_unavailable or (lambda: None)
         self._hb_static = (str(settings.heartbeat_timeout_ms), str(settings.log_max_events))
         self._thresholds = (repr(settings.unhealthy_below), repr(settings.degraded_below))
+        # real Redis only: the embedded store has no socket to pipeline on
+        self._hb_pipeline = (None if store.embedded
+                             else HeartbeatPipeline(store.redis, store.scripts.heartbeat))
 
     def _redis_down(self):
         self.on_unavailable()
@@ -83,7 +84,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
     # -- Heartbeat (unary, keep-alive stream, batch) ----------------------------------------
     def _heartbeat_call(self, request, owner_of, client=None):
         """The heartbeat.lua call for one request. Returns (ref, awaitable): a future of the
-        call coalesced with concurrent heartbeats into one pipeline (_HeartbeatPipeline), or a
+        call coalesced with concurrent heartbeats into one pipeline (coalesce.py), or a
         coroutine on the embedded store or when `client` (a pipeline) is given."""
         ref = validation.agent_ref(request.agent_id)
         owner = owner_of(ref.namespace)
@@ -100,12 +101,8 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         args = (k.prefix, name, *self._hb_static, status, "1" if has_telemetry else "0",
                 *telemetry, *self._thresholds, owner, MAX_NOTIFICATIONS_PER_HEARTBEAT,
                 *request.ack_notification_ids)
-        if client is None and not self.store.embedded:
-            pipeline = self.__dict__.get("_hb_pipeline")
-            if pipeline is None:
-                pipeline = self._hb_pipeline = _HeartbeatPipeline(self.store.redis,
-                                                                  self.scripts.heartbeat)
-            return ref, pipeline.call(keys, args)
+        if client is None and self._hb_pipeline is not None:
+            return ref, self._hb_pipeline.call(keys, args)
         return ref, self.scripts.heartbeat(keys=keys, args=args, client=client)
 
     def _heartbeat_reply(self, ref: AgentRef, reply) -> pb.HeartbeatResponse:
@@ -355,106 +352,6 @@ def _failed_heartbeat(request, exc: Exception) -> pb.HeartbeatResponse:
     errors.metrics.observe("heartbeat", errors.outcome_of(code), 0.0)
     return pb.HeartbeatResponse(agent_id=request.agent_id, error_code=code.value[0],
                                 error_message=message)
-
-
-def _pack_command(parts) -> bytes:
-    """One command in RESP, as redis-py would encode it (str as UTF-8, numbers via str())."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        data = part.encode() if isinstance(part, str) else str(part).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
-class _HeartbeatPipeline:
-    """Coalesces concurrent heartbeat.lua calls: every call made during one turn of the event
-    loop goes to Redis in one pipelined write on one connection, and the replies come back in
-    one read. An unpipelined redis-py call costs ~135 us of server CPU, one here ~12 us (see
-    benchmarks/RESULTS.md). Heartbeats are idempotent, so a batch is resent once after a lost
-    connection, and once after NOSCRIPT (Redis restarted or SCRIPT FLUSH) with the script
-    loaded again. Each call's future gets its reply, or the exception for that call."""
-
-    MAX_BATCH = 256       # commands per pipelined write
-    MAX_IN_FLIGHT = 4     # pipelines waiting for Redis at once; later calls queue up meanwhile
-
-    def __init__(self, redis, script):
-        self.redis = redis
-        self.script = script
-        self.queue: list[tuple[bytes, asyncio.Future]] = []
-        self.in_flight = 0
-        self.scheduled = False
-        self.tasks: set[asyncio.Task] = set()
-
-    def call(self, keys, args) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self.queue.append((_pack_command(("EVALSHA", self.script.sha, len(keys), *keys, *args)),
-                           future))
-        if not self.scheduled and self.in_flight < self.MAX_IN_FLIGHT:
-            self.scheduled = True
-            loop.call_soon(self._flush)
-        return future
-
-    def _flush(self) -> None:
-        self.scheduled = False
-        while self.queue and self.in_flight < self.MAX_IN_FLIGHT:
-            batch = self.queue[:self.MAX_BATCH]
-            del self.queue[:self.MAX_BATCH]
-            self.in_flight += 1
-            task = asyncio.ensure_future(self._run(batch))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _run(self, batch) -> None:
-        try:
-            replies = await self._execute([command for command, _ in batch])
-        except BaseException as exc:  # noqa: BLE001 - every caller gets the failure
-            replies = [exc] * len(batch)
-        finally:
-            self.in_flight -= 1
-            if self.queue and not self.scheduled:
-                self.scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
-        for (_, future), reply in zip(batch, replies):
-            if future.done():  # the caller went away
-                continue
-            if isinstance(reply, BaseException):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
-
-    async def _execute(self, commands: list[bytes], attempt: int = 0) -> list:
-        try:
-            replies = await self._send(commands)
-        except RedisConnectionError:
-            if attempt:
-                raise
-            return await self._execute(commands, attempt + 1)
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing and attempt < 2:
-            await self.redis.script_load(self.script.script)
-            again = await self._execute([commands[i] for i in missing], 2)
-            for i, reply in zip(missing, again):
-                replies[i] = reply
-        return replies
-
-    async def _send(self, commands: list[bytes]) -> list:
-        pool = self.redis.connection_pool
-        connection = await pool.get_connection()
-        try:
-            await connection.send_packed_command(b"".join(commands))
-            replies = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:  # this call's error reply; the rest follow
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            await connection.disconnect(nowait=True)  # unread replies: never reuse it
-            raise
-        finally:
-            await pool.release(connection)
 
 
 def _stream_id(value: str, field: str) -> str:
