@@ -4,14 +4,19 @@ Exit codes: 0 success, 1 not found, 2 usage, 3 server unavailable, 4 other error
 """
 from __future__ import annotations
 
-import asyncio
-import sys
+import os
 
-import click
+# gRPC reads this once, when it is first imported: its own log lines would break JSON logs.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from server import config
+import asyncio  # noqa: E402
+import sys  # noqa: E402
 
-from . import operator
+import click  # noqa: E402
+
+from server import config  # noqa: E402
+
+from . import operator  # noqa: E402
 
 EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_ERROR = 1, 2, 3, 4
 

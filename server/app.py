@@ -20,6 +20,7 @@ from .errors import RpcError
 from .expiry import Reaper
 from .service import RegistryService
 from .store import Store
+from .tasks import cancel_tasks
 from .tls import ServerTLS, TLSError, is_loopback
 from .watch import Watches
 
@@ -293,7 +294,6 @@ class Server:
         await self.grpc.stop(max(0.0, grace - (time.monotonic() - started)))
         self._remove_drain_socket()
         log.info("draining: gRPC stopped after %.1fs", time.monotonic() - started)
-        await cancel_tasks(getattr(self.reaper, "_tasks", ()))
         await self.reaper.stop()
         await self.store.close()
         log.info("draining: expiry sweeper stopped, redis connection closed")
@@ -301,22 +301,6 @@ class Server:
     async def wait(self) -> None:
         await self._stopped.wait()
         await self.grpc.wait_for_termination()
-
-
-async def cancel_tasks(tasks, timeout: float = 5.0) -> None:
-    """Cancels background tasks and waits for them to end. A cancel that lands while redis-py
-    sets up a connection is sometimes swallowed (redis/redis-py#2551: the command completes
-    and the task goes on), so a task still running is cancelled again."""
-    pending = {task for task in tasks if not task.done()}
-    deadline = time.monotonic() + timeout
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)
-        if pending and time.monotonic() > deadline:
-            log.warning("background task(s) did not stop: %s",
-                        ", ".join(task.get_name() for task in pending))
-            return
 
 
 async def run(settings: Settings) -> None:

@@ -14,6 +14,7 @@ from . import keys, metrics
 from .config import Settings
 from .errors import REDIS_DOWN
 from .store import Store
+from .tasks import cancel_tasks
 
 log = logging.getLogger("service_registry")
 
@@ -34,9 +35,7 @@ class Reaper:
             self._tasks.append(asyncio.create_task(self._listen_forever(), name="expiry-events"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_tasks(self._tasks)
         self._tasks.clear()
 
     async def reap(self, namespace: str, name: str = "") -> int:

@@ -238,17 +238,22 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
                                           validation.MAX_MAX_RESULTS)
         if request.namespace and filters.namespace and request.namespace != filters.namespace:
             raise InvalidArgument("namespace: differs from filters['namespace']")
-        chosen = request.namespace or filters.namespace
-        namespaces = ([validation.namespace(chosen)] if chosen
-                      else await self.store.namespaces())
-        for ns in namespaces:
-            self.auth.check(context, Scope.READ, ns)
+        namespaces = await self._readable_namespaces(context, request.namespace or filters.namespace)
         found = []
         for ns in namespaces:
             found += await self._discover_in(ns, caps, filters.as_json(), wanted)
         if len(namespaces) > 1:
             found.sort(key=lambda item: (item[0], item[1].agent_id))
         return pb.DiscoverResponse(agents=[agent for _, agent in found[:wanted]])
+
+    async def _readable_namespaces(self, context, chosen: str) -> list[str]:
+        """The namespace asked for (the caller must be allowed to read it), or else every
+        namespace the caller's token covers."""
+        if chosen:
+            ns = validation.namespace(chosen)
+            self.auth.check(context, Scope.READ, ns)
+            return [ns]
+        return self.auth.readable(context, await self.store.namespaces())
 
     async def _discover_in(self, ns: str, caps: list[str], filters_json: str, wanted: int):
         """(score, AgentInfo) of the best `wanted` matches in one namespace, in bounded calls."""
@@ -304,11 +309,8 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
 
     @errors.unary("stats", on_unavailable=_redis_down)
     async def GetStats(self, request, context):
-        namespaces = ([validation.namespace(request.namespace)] if request.namespace
-                      else await self.store.namespaces())
         result = []
-        for ns in namespaces:
-            self.auth.check(context, Scope.READ, ns)
+        for ns in await self._readable_namespaces(context, request.namespace):
             k = validation.AgentRef(ns, "_").keys
             total, counts, revision = await self.scripts.stats(keys=[k.counts, k.health, k.log])
             counts = convert.record(counts)

@@ -491,3 +491,16 @@ async def _is(awaitable, expected) -> bool:
 
 async def _logged(server, text: str) -> bool:
     return text in server.output()
+
+
+async def test_calls_over_every_namespace_see_only_the_tokens_namespaces(secured):
+    """The seed's Discover (no namespace) with a token bound to alpha, while beta exists."""
+    stub = secured.stub
+    found = await stub.DiscoverAgents(pb.DiscoverRequest(capabilities=["python"]),
+                                      metadata=bearer("agent-a"))
+    assert [a.agent_id for a in found.agents] == [A1]
+    stats = await stub.GetStats(pb.StatsRequest(), metadata=bearer("reader-a"))
+    assert [ns.namespace for ns in stats.namespaces] == ["alpha"]
+    everything = await stub.DiscoverAgents(pb.DiscoverRequest(capabilities=["python"]),
+                                           metadata=bearer("ops"))
+    assert sorted(a.agent_id for a in everything.agents) == [A1, B1]

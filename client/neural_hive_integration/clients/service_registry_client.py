@@ -17,7 +17,9 @@ import grpc
 from ..proto_stubs import service_registry_pb2 as pb
 from ..proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+# Every unary call is safe to resend (ids are chosen before the call, scripts are idempotent;
+# a notification may arrive twice, as documented). CANCELLED comes from a draining server.
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 # A watch that ends with these resumes from its last revision.
 _WATCH_RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
                     grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
