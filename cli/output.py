@@ -1,7 +1,7 @@
 """Output for the operator commands: aligned tables on a terminal, tab-separated text in a pipe,
 JSON for scripts. Everything streams: rows are written as they arrive, never collected first.
 
-Conventions (docs/cli.md):
+Conventions (README, "Operator CLI"):
 - stdout carries the result of a command; prompts, previews, summaries and errors go to stderr.
 - In a pipe, table output has no header and no padding: one line per row, cells separated by a
   tab, tabs and newlines inside a cell replaced by spaces, empty cells written as "-".
