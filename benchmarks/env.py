@@ -32,11 +32,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server of the suite's own on a free loopback port, discarded at the end."""
+    """A private redis-server on a free loopback port (the suite's and the tests'): start, stop
+    (kill) and start again on the same port, cleanup at the end. `extra` are more server flags."""
 
-    def __init__(self):
+    def __init__(self, *extra: str):
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="sr-bench-redis-")
+        self.dir = tempfile.mkdtemp(prefix="sr-redis-")
+        self.extra = extra
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -51,10 +53,10 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no",
-             "--maxclients", "10000"],
+             "--maxclients", "10000", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # a child process: nothing to await but its port
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
@@ -68,6 +70,9 @@ class RedisServer:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def cleanup(self) -> None:
+        self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

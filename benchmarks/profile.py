@@ -110,7 +110,7 @@ async def main() -> None:
     finally:
         if group is not None:
             group.stop()
-        redis.stop()
+        redis.cleanup()
 
 
 def _write(data: bytes) -> str:

@@ -687,7 +687,7 @@ async def mixed(bench) -> None:
                                       messages, None)
     bench.add(alone)
     loaded = await _heartbeats_at_rate(
-        bench, f"mixed.heartbeat.with_discover", rate, p.mixed_duration, messages,
+        bench, "mixed.heartbeat.with_discover", rate, p.mixed_duration, messages,
         (request, p.mixed_discover_rate))
     loaded.extra["discover_fleet"] = size
     if alone.latency_ms.get("p99") and loaded.latency_ms.get("p99"):

@@ -180,7 +180,7 @@ class Bench:
         if self.redis is not None:
             await self.redis.aclose()
         if self.redis_server is not None:
-            self.redis_server.stop()
+            self.redis_server.cleanup()
 
     async def _cleanup_remote(self) -> None:
         """Evicts the agents this run registered on a remote deployment."""

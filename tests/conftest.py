@@ -9,11 +9,9 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +22,7 @@ import redis.asyncio as aioredis
 from neural_hive_integration.clients import ServiceRegistryClient
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
+from benchmarks.env import RedisServer, free_port
 from server.app import Server
 from server.config import Settings
 
@@ -31,52 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 REDIS_SERVER = shutil.which("redis-server")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisProcess:
-    """A redis-server of the test's own: start, stop (kill), restart on the same port."""
-
-    def __init__(self, *extra: str):
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="sr-redis-")
-        self.extra = extra
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+class RedisProcess(RedisServer):
+    """A redis-server of the test's own (see benchmarks/env.py), with a client."""
 
     def start(self) -> None:
         if REDIS_SERVER is None:
             pytest.fail("redis-server is not installed (run `bash .ci/run` or apt-get install "
                         "redis-server)")
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no", *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().start()
 
     def client(self) -> aioredis.Redis:
         return aioredis.Redis.from_url(self.url, decode_responses=True)

@@ -17,7 +17,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from neural_hive_integration.clients import AgentInfo, HealthStatus, ServiceRegistryClient
+from neural_hive_integration.clients import AgentInfo, HealthStatus
 from neural_hive_integration.clients.service_registry_client import RegistryError
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc

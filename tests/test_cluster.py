@@ -8,15 +8,17 @@ import subprocess
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from conftest import RedisProcess
+from conftest import RedisProcess, free_port
 from server import keys
 from server.scripts import Scripts
 
 
 @pytest.fixture
 def cluster():
+    # the bus port defaults to port + 10000, past 65535 for a high free port: choose it too
     nodes = [RedisProcess("--cluster-enabled", "yes", "--cluster-node-timeout", "5000",
-                          "--cluster-config-file", "nodes.conf") for _ in range(3)]
+                          "--cluster-config-file", "nodes.conf",
+                          "--cluster-port", str(free_port())) for _ in range(3)]
     try:
         for node in nodes:
             node.start()
