@@ -110,6 +110,16 @@ def targets(results: list[Result], profile_name: str) -> list[dict]:
             f"{w.extra.get('watchers')} watchers, {w.errors} missed deliveries")
     else:
         add("watch fan-out: every change to every watcher, p99", "< 100 ms", "n/a", None)
+    e = by_name.get("expiry.among_live")
+    if e and e.latency_ms:
+        p99 = e.latency_ms["p99"]
+        full = e.extra.get("live_agents", 0) >= 100_000
+        add("EXPIRED after the deadline, p99 (issue 3: within 1 s)", "<= 1000 ms",
+            f"{p99:,.0f} ms", (p99 <= 1000 and not e.errors) if full else None,
+            f"{e.extra.get('agents')} dead among {e.extra.get('live_agents', 0):,} live, "
+            f"{e.errors} never reported")
+    else:
+        add("EXPIRED after the deadline, p99 (issue 3: within 1 s)", "<= 1000 ms", "n/a", None)
     m = by_name.get("memory.per_agent")
     if m:
         b = m.extra["bytes_per_agent"]

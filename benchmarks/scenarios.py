@@ -759,16 +759,24 @@ async def watch(bench) -> None:
 
 # -- expiry storm ---------------------------------------------------------------------------------
 async def expiry(bench) -> None:
-    """N agents stop heartbeating at once: delay from each deadline to its EXPIRED event at a
-    watcher (Redis's clock for the deadline, ours for the arrival: same machine)."""
+    """The expiry storm (many agents stop at once), then a few dead agents among a large live
+    fleet (where Redis's own expiry of lease keys is slowest and the sweeper matters)."""
     p = bench.profile
-    ns = bench.namespace("expiry")
+    await _expire(bench, "expiry.storm", bench.namespace("expiry"), p.expiry_agents, live=0)
+    await _expire(bench, "expiry.among_live", bench.namespace("expiry-live"), p.expiry_dead,
+                  live=p.expiry_live)
+
+
+async def _expire(bench, scenario: str, ns: str, n: int, live: int) -> None:
+    """`n` agents stop heartbeating at once (among `live` agents with long leases in the same
+    namespace): delay from each deadline to its EXPIRED event at a watcher (Redis's clock for
+    the deadline, ours for the arrival: same machine)."""
+    p = bench.profile
     if bench.local:
         group = await bench.extra_server(HEARTBEAT_TIMEOUT=p.expiry_timeout)
         address, pids = group.address, group.pids
     else:
         address, pids = bench.addr, []
-    n = p.expiry_agents
     channel = grpc.aio.insecure_channel(address)
     stub = pb_grpc.ServiceRegistryStub(channel)
     probe = await stub.Register(register_request(ns, "probe", 0, random.Random(0)), timeout=30)
@@ -776,7 +784,7 @@ async def expiry(bench) -> None:
     limit = 15 if p.name != "full" else 300
     if timeout_s > limit:
         await channel.close()
-        bench.add(skipped("expiry.storm", "expiry", f"the deployment's heartbeat timeout is "
+        bench.add(skipped(scenario, "expiry", f"the deployment's heartbeat timeout is "
                           f"{timeout_s:.0f}s (over {limit}s for this profile)"))
         return
     delays, arrivals, deadlines = [], [], []
@@ -810,6 +818,11 @@ async def expiry(bench) -> None:
                     raise
                 resumed.append(exc.code().name)
 
+    populated = 0.0
+    if live and bench.redis is not None:  # long leases (REGISTER_TIMEOUT_MS), same namespace
+        populated = await populate(bench, ns, live)
+    elif live:
+        live = 0  # a deployment without --redis-url: no fast way to load the live fleet
     watch_task = asyncio.ensure_future(watcher())
     await asyncio.wait_for(ready.wait(), 30)
     names = [f"x{i:06d}" for i in range(n)]
@@ -823,17 +836,19 @@ async def expiry(bench) -> None:
         except asyncio.TimeoutError:
             watch_task.cancel()
 
-    _, cpu = await bench.window("expiry.storm", timeout_s + registered_in + 1, wait_all(),
+    _, cpu = await bench.window(scenario, timeout_s + registered_in + 1, wait_all(),
                                 server_pids=pids)
     await channel.close()
     # Throughput: expiries over the time from the first deadline to the last EXPIRED event.
     spread = (max(arrivals) - min(deadlines)) / 1000.0 if delays else 0.0
-    result = Result("expiry.storm", "expiry", "expiries", ops=len(delays),
+    among = f" among {live:,} live" if live else ""
+    result = Result(scenario, "expiry", "expiries", ops=len(delays),
                     errors=n - len(delays), seconds=max(spread, 1e-3),
                     latency_ms=percentiles(delays),
-                    driver=f"{n} agents registered in {registered_in:.2f}s, 1 watcher")
-    result.extra.update(agents=n, heartbeat_timeout_s=timeout_s,
-                        registration_seconds=round(registered_in, 3))
+                    driver=f"{n} agents{among} registered in {registered_in:.2f}s, 1 watcher")
+    result.extra.update(agents=n, live_agents=live, heartbeat_timeout_s=timeout_s,
+                        registration_seconds=round(registered_in, 3),
+                        live_load_seconds=round(populated, 3))
     result.notes.append("latency = EXPIRED event arrival - the agent's deadline")
     if resumed:
         result.notes.append(f"the watcher resumed {len(resumed)} time(s) ({resumed[0]})")

@@ -47,6 +47,8 @@ class Profile:
     watch_rate: float            # writes/s while watchers listen
     expiry_agents: int
     expiry_timeout: float        # heartbeat timeout of the expiry scenario's server (seconds)
+    expiry_dead: int             # expiry.among_live: agents that stop heartbeating ...
+    expiry_live: int             # ... among this many with long leases
     memory_agents: int
     redis_bench_requests: int    # redis-benchmark -n for the -P 16 run
     h2_clients: int = 16         # h2load connections (several: SO_REUSEPORT spreads
@@ -61,20 +63,22 @@ PROFILES = {
                      batch_size=500, stream_messages=200, stream_agents=64, fleets=(1000, 10000),
                      discover_duration=1.0, redis_probe_calls=40, mixed_duration=4.0,
                      mixed_discover_rate=100.0, watchers=1000, watch_events=15, watch_rate=10.0,
-                     expiry_agents=1000, expiry_timeout=2.0, memory_agents=5000,
+                     expiry_agents=1000, expiry_timeout=2.0, expiry_dead=100,
+                     expiry_live=20000, memory_agents=5000,
                      redis_bench_requests=100_000),
     "full": Profile("full", duration=10.0, warmup=2.0, register_agents=20000, hb_agents=2000,
                     batch_size=500, stream_messages=200, stream_agents=64,
                     fleets=(1000, 10000, 100000), discover_duration=5.0, redis_probe_calls=300,
                     mixed_duration=10.0, mixed_discover_rate=100.0, watchers=1000,
                     watch_events=100, watch_rate=10.0, expiry_agents=10000, expiry_timeout=3.0,
-                    memory_agents=20000, redis_bench_requests=500_000),
+                    expiry_dead=100, expiry_live=100000, memory_agents=20000, redis_bench_requests=500_000),
     # For the smoke test: every scenario runs, nothing is measured seriously.
     "tiny": Profile("tiny", duration=0.4, warmup=0.1, register_agents=40, hb_agents=20,
                     batch_size=10, stream_messages=5, stream_agents=2, fleets=(200,),
                     discover_duration=0.3, redis_probe_calls=5, mixed_duration=0.4,
                     mixed_discover_rate=20.0, watchers=4, watch_events=3, watch_rate=20.0,
-                    expiry_agents=20, expiry_timeout=0.5, memory_agents=100,
+                    expiry_agents=20, expiry_timeout=0.5, expiry_dead=5,
+                    expiry_live=50, memory_agents=100,
                     redis_bench_requests=2000, h2_clients=1, h2_streams=2, concurrency=2,
                     batch_callers=1, channels=1),
 }

@@ -25,7 +25,7 @@ SCENARIOS = {
                  "discover.200.2caps+zone"),
     "mixed": ("mixed.heartbeat.alone", "mixed.heartbeat.with_discover"),
     "watch": ("watch.fanout",),
-    "expiry": ("expiry.storm",),
+    "expiry": ("expiry.storm", "expiry.among_live"),
 }
 
 
