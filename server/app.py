@@ -240,11 +240,11 @@ class Server:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
         if serving:
-            log.info("redis reachable: SERVING")
+            log.info("store reachable: SERVING")
         elif self._draining:
             log.info("draining: NOT_SERVING")
         else:
-            log.warning("redis unreachable: NOT_SERVING")
+            log.warning("store (redis) unreachable: NOT_SERVING")
 
     def _mark_unavailable(self) -> None:
         if self._serving:
