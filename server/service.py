@@ -59,10 +59,11 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
     # -- Register ---------------------------------------------------------------------------
     @errors.unary("register", on_unavailable=_redis_down)
     async def Register(self, request, context):
-        ns = validation.namespace(request.namespace)
+        # A full "namespace/name" id names its namespace; `namespace`, if also set, must agree.
+        ref = (validation.agent_ref(request.agent_id, request.namespace) if request.agent_id
+               else AgentRef(validation.namespace(request.namespace), new_agent_name()))
+        ns = ref.namespace
         owner = self.auth.check(context, Scope.AGENT, ns)
-        ref = (validation.agent_ref(request.agent_id, ns) if request.agent_id
-               else AgentRef(ns, new_agent_name()))
         agent_type = validation.agent_type(request.agent_type)
         status = validation.status(request.status) or pb.HEALTHY
         caps = validation.capabilities(request.capabilities)

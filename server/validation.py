@@ -95,7 +95,8 @@ def agent_name(value: str, field: str = "agent_id") -> str:
 
 
 def agent_ref(agent_id: str, default_namespace: str = "", field: str = "agent_id") -> AgentRef:
-    """Parses "namespace/name" or a bare "name" (in `default_namespace`)."""
+    """Parses "namespace/name", or a bare "name" in `default_namespace` (or "default"). A given
+    `default_namespace` must match the id's own."""
     if not agent_id:
         raise InvalidArgument(f"{field} is required")
     ns, slash, name = agent_id.rpartition("/")

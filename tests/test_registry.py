@@ -160,9 +160,13 @@ async def test_reregister_with_known_id_replaces_atomically(registry):
     found_a = await stub.DiscoverAgents(pb.DiscoverRequest(capabilities=["a"]))
     found_c = await stub.DiscoverAgents(pb.DiscoverRequest(capabilities=["c"]))
     assert found_a.agents == [] and [x.agent_id for x in found_c.agents] == ["default/worker-7"]
+    # a full id needs no namespace field: it names its own
+    elsewhere = await stub.Register(pb.RegisterRequest(agent_type=pb.SCOUT, agent_id="team-x/w7"))
+    assert (elsewhere.agent_id, elsewhere.agent.namespace) == ("team-x/w7", "team-x")
     # a resend of the same request changes nothing and logs nothing
     await stub.Register(register_request(agent_id="worker-7", capabilities=["b", "c"]))
     assert await log_events(registry) == [(pb.REGISTERED, "worker-7"), (pb.UPDATED, "worker-7")]
+    assert await log_events(registry, "team-x") == [(pb.REGISTERED, "w7")]
     stats = await stub.GetStats(pb.StatsRequest(namespace="default"))
     assert stats.namespaces[0].agents == 1 and stats.namespaces[0].by_type["WORKER"] == 1
 
