@@ -654,3 +654,26 @@ def test_serve_is_still_there_with_its_flags():
     assert result.exit_code == 0
     for flag in ("--redis-url", "--port", "--heartbeat-timeout", "--tls-cert"):
         assert flag in result.output
+
+
+async def test_tokens_from_the_flag_or_the_environment(redis_proc, tmp_path):
+    from conftest import running_registry
+    from test_auth import SECRETS, tokens_document
+
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps(tokens_document()))
+    async with running_registry("redis", redis_proc, tokens_file=str(path)) as reg:
+        refused = await run_cli(reg.address, "stats")
+        assert refused.exit_code == 4
+        assert_one_error_line(refused, "authenticat")
+        assert SECRETS["ops"] not in refused.output
+
+        ops = await run_cli(reg.address, "--token", SECRETS["ops"], "notify",
+                            "alpha/ghost", "--kind", "k", "--payload", "{}")
+        assert ops.exit_code == 1  # authenticated: the agent is simply not there
+        reader = {"SERVICE_REGISTRY_TOKEN": SECRETS["reader-a"]}
+        stats = await run_cli(reg.address, "stats", "-n", "alpha", env=reader)
+        assert stats.exit_code == 0 and rows(stats.stdout)[0][0] == "alpha"
+        denied = await run_cli(reg.address, "agents", "evict", "alpha/x", "--yes", env=reader)
+        assert denied.exit_code == 4
+        assert_one_error_line(denied, "permission")
