@@ -25,6 +25,7 @@ from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from cli import output as cli_output
 from cli.main import cli
 from server import keys
+from test_tls import pki  # noqa: F401 - the certificate fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30
@@ -677,3 +678,24 @@ async def test_tokens_from_the_flag_or_the_environment(redis_proc, tmp_path):
         denied = await run_cli(reg.address, "agents", "evict", "alpha/x", "--yes", env=reader)
         assert denied.exit_code == 4
         assert_one_error_line(denied, "permission")
+
+
+async def test_cli_over_mutual_tls(redis_proc, pki):
+    from conftest import running_registry
+
+    ca, _ = pki
+    server, operator_cert = ca.server(), ca.client("operator")
+    async with running_registry("redis", redis_proc, tls_cert=str(server.cert),
+                                tls_key=str(server.key), tls_client_ca=str(ca.path)) as reg:
+        async with reg.new_client(root_certificates=ca.pem, private_key=operator_cert.key_pem,
+                                  certificate_chain=operator_cert.pem) as client:
+            await client.register_agent(AgentInfo(agent_id="secure-1", capabilities=["mtls"]))
+        address = f"localhost:{reg.server.port}"
+        listed = await run_cli(address, "--tls-ca", str(ca.path), "--tls-cert",
+                               str(operator_cert.cert), "--tls-key", str(operator_cert.key),
+                               "agents", "list")
+        assert listed.exit_code == 0, listed.output
+        assert [r[0] for r in rows(listed.stdout)] == ["default/secure-1"]
+        # without a client certificate the handshake fails: the server is unreachable to it
+        refused = await run_cli(address, "--tls-ca", str(ca.path), "agents", "list")
+        assert refused.exit_code == 3
