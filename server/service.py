@@ -344,7 +344,9 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
 
     @errors.streaming("watch")
     async def WatchAgents(self, request, context):
-        ns = validation.namespace(request.namespace)
+        # watching one agent by its full id needs no namespace field
+        ns = (validation.agent_ref(request.agent_id, request.namespace).namespace
+              if request.agent_id else validation.namespace(request.namespace))
         self.auth.check(context, Scope.READ, ns)
         async for event in self.watches.watch(ns, request, context):
             yield event

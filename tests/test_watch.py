@@ -316,6 +316,16 @@ async def test_notification_reaches_agent_by_heartbeat_and_watch_until_acked(reg
     assert third.notifications == []
 
 
+async def test_watch_one_agent_of_another_namespace_by_its_full_id(registry):
+    aid = (await registry.stub.Register(register_request(namespace="team-x",
+                                                         agent_id="w"))).agent_id
+    stream = registry.stub.WatchAgents(pb.WatchRequest(agent_id=aid))  # no namespace field
+    head = await take(stream, 2)
+    assert [(e.type, e.agent.agent_id) for e in head] == [(pb.SNAPSHOT, "team-x/w"),
+                                                          (pb.SNAPSHOT_END, "")]
+    stream.cancel()
+
+
 @pytest.mark.settings(inbox_capacity=3)
 async def test_notify_errors(registry):
     stub = registry.stub
