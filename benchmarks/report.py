@@ -49,30 +49,23 @@ def targets(results: list[Result], profile_name: str) -> list[dict]:
         out.append({"target": name, "goal": goal,
                     "measured": value, "met": met, "detail": detail})
 
+    def ratio_target(name, goal, minimum, measured, ceiling, unit, label=""):
+        """A throughput ratio target: `measured` / `ceiling` at least `minimum`."""
+        if not (measured and ceiling):
+            add(name, goal, "n/a", None)
+            return
+        ratio = measured.throughput / ceiling.throughput
+        add(name, goal, f"{ratio:.2f}x", ratio >= minimum,
+            f"{label}{measured.throughput:,.0f} vs {ceiling.throughput:,.0f} {unit}")
+
     unary = by_name.get("heartbeat.unary")
-    echo = by_name.get("ceiling.grpc_echo.unary")
-    if unary and echo:
-        ratio = unary.throughput / echo.throughput
-        add("unary heartbeat vs echo server", ">= 0.85x", f"{ratio:.2f}x", ratio >= 0.85,
-            f"{unary.throughput:,.0f} vs {echo.throughput:,.0f} calls/s")
-    else:
-        add("unary heartbeat vs echo server", ">= 0.85x", "n/a", None)
     stream = by_name.get("heartbeat.stream") or by_name.get("heartbeat.stream.pingpong")
-    if stream and unary:
-        ratio = stream.throughput / unary.throughput
-        add("keep-alive stream vs unary", ">= 3x", f"{ratio:.2f}x", ratio >= 3.0,
-            f"{stream.scenario}: {stream.throughput:,.0f} vs {unary.throughput:,.0f} "
-            "heartbeats/s")
-    else:
-        add("keep-alive stream vs unary", ">= 3x", "n/a", None)
-    batch = by_name.get("heartbeat.batch")
-    redis = by_name.get(REDIS_LIMIT)
-    if batch and redis:
-        ratio = batch.throughput / redis.throughput
-        add("batched heartbeats vs Redis limit", ">= 0.50x", f"{ratio:.2f}x", ratio >= 0.5,
-            f"{batch.throughput:,.0f} vs {redis.throughput:,.0f} heartbeats/s")
-    else:
-        add("batched heartbeats vs Redis limit", ">= 0.50x", "n/a", None)
+    ratio_target("unary heartbeat vs echo server", ">= 0.85x", 0.85, unary,
+                 by_name.get("ceiling.grpc_echo.unary"), "calls/s")
+    ratio_target("keep-alive stream vs unary", ">= 3x", 3.0, stream, unary, "heartbeats/s",
+                 f"{stream.scenario}: " if stream else "")
+    ratio_target("batched heartbeats vs Redis limit", ">= 0.50x", 0.5,
+                 by_name.get("heartbeat.batch"), by_name.get(REDIS_LIMIT), "heartbeats/s")
     discover = [r for r in by_name.values() if r.scenario.startswith("discover.")
                 and r.scenario.endswith(".2caps") and r.extra.get("redis_us_per_call")]
     if discover:

@@ -57,10 +57,6 @@ def register_request(ns: str, name: str, i: int, rng: random.Random,
     return pb.RegisterRequest(namespace=ns, agent_id=f"{ns}/{name}" if name else "", **f)
 
 
-def _ms(x: float) -> float:
-    return round(x, 4)
-
-
 # -- drivers ------------------------------------------------------------------------------------
 def _merge_python(results: list[dict]) -> dict:
     return {"ops": sum(r.get("ops", 0) for r in results),
