@@ -233,3 +233,50 @@ def print_fields(pairs, terminal: bool) -> None:
     else:
         for key, value in pairs:
             click.echo(f"{key}\t{cell(value)}")
+
+
+# -- writers --------------------------------------------------------------------------------------
+
+def output_option(choices, default="table", json_lines: bool = False):
+    help_text = {
+        "table": "table: aligned on a terminal, tab-separated without header in a pipe",
+        "wide": "wide: table plus cluster, version, telemetry and metadata",
+        "json": "json: one JSON object per line" if json_lines else "json: one JSON document",
+    }
+    described = "; ".join(help_text[c] for c in choices if c in help_text)
+    return click.option("-o", "--output", type=click.Choice(choices), default=default,
+                        show_default=True, help=f"Output format ({described})")
+
+
+class AgentWriter:
+    """Agents in the chosen output format (table, wide or json), streamed."""
+
+    def __init__(self, fmt: str, stream=None, now: int | None = None):
+        self.fmt = fmt
+        self.now = now
+        if fmt == "json":
+            self.sink = JsonArray(stream)
+        else:
+            self.sink = Table(agent_headers(fmt == "wide"), stream=stream)
+
+    @property
+    def count(self) -> int:
+        return self.sink.count
+
+    @property
+    def terminal(self) -> bool:
+        return isinstance(self.sink, Table) and self.sink.terminal
+
+    def add(self, agent) -> None:
+        if self.fmt == "json":
+            self.sink.add(agent_dict(agent))
+        else:
+            self.sink.add(agent_row(agent, self.fmt == "wide", self.now))
+
+    def close(self) -> None:
+        self.sink.close()
+
+    def abandon(self) -> None:
+        """After an error: show the rows held back, but leave a JSON document unfinished."""
+        if isinstance(self.sink, Table):
+            self.sink.close()
