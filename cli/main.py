@@ -10,18 +10,14 @@ import os
 # gRPC reads this once, when it is first imported: its own log lines would break JSON logs.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-import asyncio  # noqa: E402
 import importlib  # noqa: E402
-import sys  # noqa: E402
 
 import click  # noqa: E402
 
-from server import config  # noqa: E402
-
 from .agents import agents  # noqa: E402
 from .connection import Connection, connection_options  # noqa: E402
-from .exitcodes import EXIT_USAGE  # noqa: E402
 from .notify import notify  # noqa: E402
+from .serve import serve  # noqa: E402
 from .stats import stats  # noqa: E402
 from .watch import watch  # noqa: E402
 
@@ -69,43 +65,7 @@ def cli(ctx, **connection):
     ctx.obj = Connection(**connection)
 
 
-def _serve_options(fn):
-    """One flag per setting in server/config.py; environment variables give the defaults."""
-    for name, var in reversed(list(config.ENVIRONMENT.items())):
-        flag = "--" + name.replace("_", "-")
-        fn = click.option(flag, name, default=None, help=f"[env {var}]")(fn)
-    return fn
-
-
-@cli.command()
-@_serve_options
-def serve(**flags):
-    """Run the gRPC server (embedded store unless REDIS_URL / --redis-url is set).
-
-    \b
-    Example:
-      REDIS_URL=redis://localhost:6379 HEARTBEAT_TIMEOUT=30 service-registry serve --port 50051
-    """
-    from server import app, logs
-
-    try:
-        settings = config.load(flags)
-    except config.ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    logs.setup(settings.log_format, settings.log_level)
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        runner(app.run(settings))
-    except KeyboardInterrupt:
-        pass
-
-
-for _command in (agents, watch, notify, stats):
+for _command in (serve, agents, watch, notify, stats):
     cli.add_command(_command)
 
 
