@@ -1,5 +1,5 @@
 """What the suite runs against: `service-registry serve` processes it starts (several on one port,
-SO_REUSEPORT) on a private redis-server (server/testing.py), or a remote deployment (`--addr`,
+SHARE_PORT) on a private redis-server (server/testing.py), or a remote deployment (`--addr`,
 optionally `--redis-url` for the Redis-side measurements), plus the echo server (the gRPC
 ceiling).
 
@@ -78,6 +78,7 @@ def start_servers(kind: str, count: int, redis_url: str = "", **env) -> ServerGr
                          "SERVICE_REGISTRY_PORT": str(group.port),
                          "METRICS_PORT": str(metrics_port), "LOG_LEVEL": "WARNING",
                          "HEARTBEAT_TIMEOUT": "3600",
+                         "SHARE_PORT": "true" if count > 1 else "false",  # on purpose
                          **{k: str(v) for k, v in env.items()}}
         group.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=child_env, stdout=log,
                                             stderr=subprocess.STDOUT))

@@ -1,6 +1,7 @@
 """`agents list|get|discover|evict`."""
 from __future__ import annotations
 
+import contextlib
 import getpass
 import sys
 
@@ -10,6 +11,7 @@ from neural_hive_integration.clients import RegistryError
 from server.validation import MAX_EVICT_IDS, MAX_MAX_RESULTS, MAX_PAGE_SIZE, MAX_REASON_LEN
 
 from . import output as out
+from .completion import complete_agent_id
 from .connection import handle_errors, run
 from .exitcodes import EXIT_ERROR, EXIT_NOT_FOUND, EXIT_OK, Failure
 from .output import AgentWriter, note, output_option
@@ -67,7 +69,7 @@ def list_agents(connection, output, limit, page_size, **selectors):
             writer.abandon()
             raise
         writer.close()
-        if writer.count == 0 and output != "json" and out.is_terminal():
+        if writer.count == 0 and output not in out.DOCUMENTS and out.is_terminal():
             note(f"No agents found in {selection.scope}.")
         return EXIT_OK
 
@@ -75,7 +77,7 @@ def list_agents(connection, output, limit, page_size, **selectors):
 
 
 @agents.command("get")
-@click.argument("agent_id", metavar="ID")
+@click.argument("agent_id", metavar="ID", shell_complete=complete_agent_id)
 @click.option("-n", "--namespace", default=None, help="Namespace of a bare ID [default: default]")
 @output_option(["table", "json"])
 @click.pass_obj
@@ -95,8 +97,8 @@ def get_agent(connection, agent_id, namespace, output):
         if agent is None:
             raise Failure(EXIT_NOT_FOUND, f"error: agent {agent_id} not found "
                                           "(not registered, expired or evicted)")
-        if output == "json":
-            out.print_json(out.agent_dict(agent))
+        if output in out.DOCUMENTS:
+            out.print_document(out.agent_dict(agent), output)
         else:
             terminal = out.is_terminal()
             out.print_fields(
@@ -113,7 +115,8 @@ def get_agent(connection, agent_id, namespace, output):
               help="Filter, e.g. status=healthy, cluster=eu1, min_success_rate=0.9, or a "
                    "metadata key (repeatable)")
 @click.option("-n", "--namespace", default="", help="Namespace [default: every namespace]")
-@click.option("--max-results", type=click.IntRange(1, MAX_MAX_RESULTS), default=10, show_default=True)
+@click.option("--max-results", type=click.IntRange(1, MAX_MAX_RESULTS), default=10,
+              show_default=True)
 @output_option(["table", "wide", "json"])
 @click.pass_obj
 @handle_errors()
@@ -134,7 +137,7 @@ def discover(connection, capabilities, filters, namespace, max_results, output):
         for agent in found:
             writer.add(agent)
         writer.close()
-        if not found and output != "json" and out.is_terminal():
+        if not found and output not in out.DOCUMENTS and out.is_terminal():
             note("No agents match.")
         return EXIT_OK
 
@@ -150,7 +153,7 @@ def default_reason() -> str:
 
 
 @agents.command("evict")
-@click.argument("agent_ids", nargs=-1, metavar="[ID]...")
+@click.argument("agent_ids", nargs=-1, metavar="[ID]...", shell_complete=complete_agent_id)
 @selector_options(namespace_help="Namespace of bare IDs, or the namespace to select from "
                                  "[default: default]")
 @click.option("-r", "--reason", default=None,
@@ -171,8 +174,10 @@ def evict(connection, agent_ids, reason, dry_run, yes, batch_size, output, **sel
     listed first and needs confirmation (or --yes); --dry-run only lists it. Agents are
     evicted in batches of --batch-size per call.
 
-    Prints "evicted <ID>" for each agent removed. Exits 1 when a given ID was not
-    registered (the others are still evicted). Declining the confirmation exits 4.
+    Given IDs: prints "evicted <ID>" for each agent removed; exits 1 when one was not
+    registered (the others are still evicted). A selection: a progress bar with the
+    running count on a terminal, then one summary line (stderr); -o json lists the IDs.
+    Declining the confirmation exits 4.
 
     \b
     Example:
@@ -220,8 +225,8 @@ async def _evict_ids(client, ids, reason, dry_run, batch_size, fmt) -> int:
     evicted = await _evict_in_batches(client, ids, reason, batch_size, fmt)
     done = set(evicted)
     missing = [a for a in ids if a not in done]
-    if fmt == "json":
-        out.print_json({"reason": reason, "evicted": evicted, "not_found": missing})
+    if fmt in out.DOCUMENTS:
+        out.print_document({"reason": reason, "evicted": evicted, "not_found": missing}, fmt)
     for agent_id in missing:
         note(f"error: agent {agent_id} not found (not registered, expired or already evicted)")
     return EXIT_NOT_FOUND if missing else EXIT_OK
@@ -251,8 +256,8 @@ async def _evict_selection(client, selection, reason, dry_run, yes, batch_size, 
         if preview is not None and len(ids) <= PREVIEW_ROWS:
             preview.add(agent)
     if not ids:
-        if fmt == "json":
-            out.print_json({"reason": reason, "evicted": [], "not_found": []})
+        if fmt in out.DOCUMENTS:
+            out.print_document({"reason": reason, "evicted": [], "not_found": []}, fmt)
         note(f"No agents in {selection.scope} match; nothing was evicted.")
         return EXIT_OK
     if preview is not None:
@@ -271,31 +276,42 @@ async def _evict_selection(client, selection, reason, dry_run, yes, batch_size, 
                 click.echo("", err=True)
         if not confirmed:
             raise Failure(EXIT_ERROR, "aborted: nothing was evicted")
-    evicted = await _evict_in_batches(client, ids, reason, batch_size, fmt)
+    evicted = await _evict_in_batches(client, ids, reason, batch_size, fmt, bulk=True)
     gone = len(ids) - len(evicted)
-    if fmt == "json":
+    if fmt in out.DOCUMENTS:
         done = set(evicted)
-        out.print_json({"reason": reason, "evicted": evicted,
-                           "not_found": [a for a in ids if a not in done]})
+        out.print_document({"reason": reason, "evicted": evicted,
+                            "not_found": [a for a in ids if a not in done]}, fmt)
     note(f"Evicted {len(evicted)} agent{_s(len(evicted))} from {selection.scope}"
          + (f"; {gone} {'was' if gone == 1 else 'were'} already gone" if gone else "") + ".")
     return EXIT_OK
 
 
-async def _evict_in_batches(client, ids, reason, batch_size, fmt) -> list[str]:
-    """EvictAgents over `ids`, `batch_size` at a time; prints each evicted id (text output)."""
+async def _evict_in_batches(client, ids, reason, batch_size, fmt, bulk=False) -> list[str]:
+    """EvictAgents over `ids`, `batch_size` at a time. Given IDs are printed as `evicted <ID>`
+    (text output); a bulk selection shows a progress bar with the running count on a terminal
+    (stderr) and nothing per agent: its caller prints one summary line."""
     evicted: list[str] = []
-    try:
-        for start in range(0, len(ids), batch_size):
-            for agent_id in await client.evict_agents(ids[start:start + batch_size], reason):
-                evicted.append(agent_id)
-                if fmt != "json":
-                    click.echo(f"evicted {agent_id}")
-    except RegistryError as exc:
-        if evicted:  # said in the error line: the eviction stopped part way
-            exc.details = (f"{exc.details} ({len(evicted)} of {len(ids)} agents were evicted "
-                           "before the error)")
-        raise
+    bar = None
+    if bulk and out.is_terminal(sys.stderr):
+        bar = click.progressbar(length=len(ids), label="Evicting", file=sys.stderr,
+                                show_pos=True, show_eta=len(ids) > 10 * batch_size)
+    with bar if bar is not None else contextlib.nullcontext():
+        try:
+            for start in range(0, len(ids), batch_size):
+                batch = ids[start:start + batch_size]
+                for agent_id in await client.evict_agents(batch, reason):
+                    evicted.append(agent_id)
+                    if not bulk and fmt not in out.DOCUMENTS:
+                        click.echo(f"evicted {agent_id}")
+                if bar is not None:
+                    bar.label = f"Evicting ({len(evicted)} evicted)"
+                    bar.update(len(batch))
+        except RegistryError as exc:
+            if evicted:  # said in the error line: the eviction stopped part way
+                exc.details = (f"{exc.details} ({len(evicted)} of {len(ids)} agents were "
+                               "evicted before the error)")
+            raise
     return evicted
 
 

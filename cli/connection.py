@@ -105,31 +105,50 @@ class Connection:
             timeout=self.timeout, retries=CONNECT_RETRIES, backoff=0.1, max_backoff=2.0)
 
 
+_OPTIONS = [  # (flags, settings) of the global options
+    (("--addr",), dict(metavar="HOST:PORT", help="Server address [default: "
+                       "$SERVICE_REGISTRY_HOST:$SERVICE_REGISTRY_PORT, else localhost:50051]")),
+    (("--token",), dict(envvar="SERVICE_REGISTRY_TOKEN", metavar="TOKEN",
+                        help="Bearer token [env SERVICE_REGISTRY_TOKEN]")),
+    (("--tls",), dict(is_flag=True, envvar="SERVICE_REGISTRY_TLS", default=False,
+                      help="Use TLS with the system's CA certificates [env SERVICE_REGISTRY_TLS]")),
+    (("--tls-ca",), dict(envvar="SERVICE_REGISTRY_TLS_CA", metavar="PEM",
+                         help="CA certificate(s) to verify the server; implies TLS "
+                              "[env SERVICE_REGISTRY_TLS_CA]")),
+    (("--tls-cert",), dict(envvar="SERVICE_REGISTRY_TLS_CERT", metavar="PEM",
+                           help="Client certificate for mutual TLS "
+                                "[env SERVICE_REGISTRY_TLS_CERT]")),
+    (("--tls-key",), dict(envvar="SERVICE_REGISTRY_TLS_KEY", metavar="PEM",
+                          help="Client private key for mutual TLS [env SERVICE_REGISTRY_TLS_KEY]")),
+    (("--timeout",), dict(type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT,
+                          show_default=True, metavar="SECONDS",
+                          help="Deadline of each call to the server")),
+]
+
+
 def connection_options(fn):
     """The global options of `service-registry` (used by the operator commands)."""
-    options = [
-        click.option("--addr", metavar="HOST:PORT", default=None,
-                     help="Server address [default: $SERVICE_REGISTRY_HOST:"
-                          "$SERVICE_REGISTRY_PORT, else localhost:50051]"),
-        click.option("--token", envvar="SERVICE_REGISTRY_TOKEN", default=None, metavar="TOKEN",
-                     help="Bearer token [env SERVICE_REGISTRY_TOKEN]"),
-        click.option("--tls", is_flag=True, envvar="SERVICE_REGISTRY_TLS", default=False,
-                     help="Use TLS with the system's CA certificates [env SERVICE_REGISTRY_TLS]"),
-        click.option("--tls-ca", envvar="SERVICE_REGISTRY_TLS_CA", default=None, metavar="PEM",
-                     help="CA certificate(s) to verify the server; implies TLS "
-                          "[env SERVICE_REGISTRY_TLS_CA]"),
-        click.option("--tls-cert", envvar="SERVICE_REGISTRY_TLS_CERT", default=None,
-                     metavar="PEM", help="Client certificate for mutual TLS "
-                                         "[env SERVICE_REGISTRY_TLS_CERT]"),
-        click.option("--tls-key", envvar="SERVICE_REGISTRY_TLS_KEY", default=None, metavar="PEM",
-                     help="Client private key for mutual TLS [env SERVICE_REGISTRY_TLS_KEY]"),
-        click.option("--timeout", type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT,
-                     show_default=True, metavar="SECONDS",
-                     help="Deadline of each call to the server"),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
+    for flags, settings in reversed(_OPTIONS):
+        fn = click.option(*flags, **settings)(fn)
     return fn
+
+
+def _given_after_the_command(ctx, param, value) -> None:
+    if value is not None and value is not False:
+        setattr(ctx.find_object(Connection), param.name, value)
+
+
+def accept_after_the_command(command: click.Command) -> None:
+    """Lets the global options also follow a command (`agents list --addr host:port`, as
+    kubectl's and cobra's persistent flags do): hidden copies that set the same Connection,
+    and win over the ones given before the command or by the environment."""
+    for flags, settings in _OPTIONS:
+        kept = {k: v for k, v in settings.items() if k in ("is_flag", "type", "metavar")}
+        command.params.append(click.Option(
+            flags, **kept, default=None, hidden=True, expose_value=False,
+            callback=_given_after_the_command))
+    for sub in getattr(command, "commands", {}).values():
+        accept_after_the_command(sub)
 
 
 # -- running a command: one event loop, one client, errors as exit codes -------------------------

@@ -15,7 +15,8 @@ import importlib  # noqa: E402
 import click  # noqa: E402
 
 from .agents import agents  # noqa: E402
-from .connection import Connection, connection_options  # noqa: E402
+from .completion import PROG, completion  # noqa: E402
+from .connection import Connection, accept_after_the_command, connection_options  # noqa: E402
 from .notify import notify  # noqa: E402
 from .serve import serve  # noqa: E402
 from .stats import stats  # noqa: E402
@@ -48,6 +49,7 @@ class Commands(click.Group):
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="service-registry", prog_name=PROG)
 @connection_options
 @click.pass_context
 def cli(ctx, **connection):
@@ -65,7 +67,10 @@ def cli(ctx, **connection):
     ctx.obj = Connection(**connection)
 
 
-for _command in (serve, agents, watch, notify, stats):
+cli.add_command(serve)
+cli.add_command(completion)
+for _command in (agents, watch, notify, stats):
+    accept_after_the_command(_command)
     cli.add_command(_command)
 
 

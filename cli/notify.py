@@ -10,6 +10,7 @@ from neural_hive_integration.clients import RegistryError
 from server.validation import MAX_NOTIFY_KIND_LEN
 
 from . import output as out
+from .completion import complete_agent_id
 from .connection import handle_errors, run
 from .exitcodes import EXIT_NOT_FOUND, EXIT_OK, Failure
 from .output import output_option
@@ -27,8 +28,9 @@ class JsonText(click.ParamType):
 
 
 @click.command()
-@click.argument("agent_id", metavar="ID")
-@click.option("-k", "--kind", required=True, help=f"What the message is about (at most {MAX_NOTIFY_KIND_LEN} characters)")
+@click.argument("agent_id", metavar="ID", shell_complete=complete_agent_id)
+@click.option("-k", "--kind", required=True,
+              help=f"What the message is about (at most {MAX_NOTIFY_KIND_LEN} characters)")
 @click.option("-p", "--payload", type=JsonText(), default="{}", show_default=True,
               help="A JSON document, checked before sending")
 @click.option("-n", "--namespace", default=None, help="Namespace of a bare ID [default: default]")
@@ -54,8 +56,8 @@ def notify(connection, agent_id, kind, payload, namespace, output):
                 raise Failure(EXIT_NOT_FOUND, f"error: agent {agent_id} not found "
                                               "(not registered, expired or evicted)") from None
             raise
-        if output == "json":
-            out.print_json({"notification_id": nid, "agent_id": agent_id})
+        if output in out.DOCUMENTS:
+            out.print_document({"notification_id": nid, "agent_id": agent_id}, output)
         elif out.is_terminal():
             click.echo(f"Queued notification {nid} ({kind}) for {agent_id}.")
         else:

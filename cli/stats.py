@@ -38,9 +38,9 @@ def stats(connection, namespace, output):
     async def work(client):
         reply = await client.get_stats(namespace)
         rows = [stats_dict(ns) for ns in sorted(reply.namespaces, key=lambda n: n.namespace)]
-        if output == "json":
-            out.print_json({"namespaces": rows,
-                                            "agents": sum(r["agents"] for r in rows)})
+        if output in out.DOCUMENTS:
+            out.print_document({"namespaces": rows, "agents": sum(r["agents"] for r in rows)},
+                               output)
             return EXIT_OK
         table = out.Table(STATS_HEADERS)
         for r in rows:
