@@ -56,7 +56,7 @@ def cli(ctx, **connection):
     """Service Registry: agent registration, discovery and watching on Redis.
 
     `serve` runs the server; the other commands operate a running server over gRPC
-    (global options before the command: --addr, --token, --tls-*, --timeout).
+    (global options before or after the command: --addr, --token, --tls-*, --timeout).
     Exit codes: 0 success, 1 not found, 2 usage, 3 server unavailable, 4 other errors.
 
     \b
