@@ -17,7 +17,6 @@ import time
 from datetime import datetime, timezone
 
 import click
-import yaml
 
 EMPTY = "-"
 DOCUMENTS = ("json", "yaml")     # formats that print whole records as documents
@@ -146,6 +145,8 @@ class YamlList:
 
 
 def yaml_text(document) -> str:
+    import yaml  # only for -o yaml: the other commands start without it
+
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
