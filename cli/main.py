@@ -1,7 +1,7 @@
 """`service-registry`: run the server and operate the fleet.
 
-Exit codes: cli/exitcodes.py. The operator commands live in one module per group (agents, watch,
-notify, stats); `bench` is loaded only when it is run.
+Exit codes: cli/exitcodes.py. One module per command group (serve, agents, watch, notify,
+stats, completion); `bench` (the benchmark suite) is imported only when it is run.
 """
 from __future__ import annotations
 

@@ -105,7 +105,7 @@ def free_port() -> int:
 
 @pytest.mark.parametrize("command", [
     [], ["serve"], ["agents"], ["agents", "list"], ["agents", "get"], ["agents", "discover"],
-    ["agents", "evict"], ["watch"], ["notify"], ["stats"]])
+    ["agents", "evict"], ["watch"], ["notify"], ["stats"], ["completion"]])
 def test_every_command_help_shows_an_example(command):
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0, result.output
