@@ -24,6 +24,8 @@ import grpc
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
+from server.testing import RedisServer
+
 from . import env, h2load
 from .scenarios import TELEMETRY
 
@@ -72,7 +74,7 @@ async def main() -> None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not shutil.which(spy) or not h2load.available():
         raise SystemExit("needs py-spy (pip install py-spy) and h2load (nghttp2-client)")
-    redis = env.RedisServer()
+    redis = RedisServer()
     redis.start()
     group = None
     try:

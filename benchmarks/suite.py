@@ -21,6 +21,8 @@ import redis.asyncio as aioredis
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
+from server.testing import RedisServer
+
 from . import env, h2load, loadgen
 from .stats import Result
 
@@ -112,7 +114,7 @@ class Bench:
         self.profile = options.profile
         self.results: list[Result] = []
         self.notes: list[str] = []
-        self.redis_server: env.RedisServer | None = None
+        self.redis_server: RedisServer | None = None
         self.servers: env.ServerGroup | None = None
         self.echo: env.ServerGroup | None = None
         self.extra_groups: list[env.ServerGroup] = []
@@ -149,7 +151,7 @@ class Bench:
                          "load generators for unary calls")
         if not self.addr:
             if not self.redis_url:
-                self.redis_server = env.RedisServer()
+                self.redis_server = RedisServer()
                 self.redis_server.start()
                 self.redis_url = self.redis_server.url
                 self.log(f"redis-server {self.redis_url} (private, discarded at the end)")

@@ -1,6 +1,7 @@
 """`service-registry`: run the server and operate the fleet.
 
-Exit codes: 0 success, 1 not found, 2 usage, 3 server unavailable, 4 other errors.
+Exit codes: cli/exitcodes.py. One module per command group (serve, agents, watch, notify,
+stats, completion); `bench` (the benchmark suite) is imported only when it is run.
 """
 from __future__ import annotations
 
@@ -9,26 +10,53 @@ import os
 # gRPC reads this once, when it is first imported: its own log lines would break JSON logs.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-import asyncio  # noqa: E402
-import sys  # noqa: E402
+import importlib  # noqa: E402
 
 import click  # noqa: E402
 
-from server import config  # noqa: E402
+from .agents import agents  # noqa: E402
+from .completion import PROG, completion  # noqa: E402
+from .connection import Connection, accept_after_the_command, connection_options  # noqa: E402
+from .notify import notify  # noqa: E402
+from .serve import serve  # noqa: E402
+from .stats import stats  # noqa: E402
+from .watch import watch  # noqa: E402
 
-from . import operator  # noqa: E402
 
-EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_ERROR = 1, 2, 3, 4
+class Commands(click.Group):
+    """A group whose `bench` command (the benchmark suite) is imported only when it is run."""
+
+    LAZY = {"bench": ("benchmarks.cli", "bench", "Run the benchmark suite: throughput and "
+                                                 "latency as ratios to measured ceilings.")}
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx, name):
+        if name in self.LAZY and name not in self.commands:
+            module, attr, _ = self.LAZY[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        """Like click's, without importing a lazy command to show its one-line help."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = [(n, self.LAZY[n][2] if n in self.LAZY and n not in self.commands
+                 else self.commands[n].get_short_help_str(limit)) for n in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@operator.connection_options
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="service-registry", prog_name=PROG)
+@connection_options
 @click.pass_context
 def cli(ctx, **connection):
     """Service Registry: agent registration, discovery and watching on Redis.
 
     `serve` runs the server; the other commands operate a running server over gRPC
-    (global options before the command: --addr, --token, --tls-*, --timeout).
+    (global options before or after the command: --addr, --token, --tls-*, --timeout).
     Exit codes: 0 success, 1 not found, 2 usage, 3 server unavailable, 4 other errors.
 
     \b
@@ -36,53 +64,14 @@ def cli(ctx, **connection):
       service-registry serve --redis-url redis://localhost:6379
       service-registry --addr localhost:50051 agents list
     """
-    ctx.obj = operator.Connection(**connection)
+    ctx.obj = Connection(**connection)
 
 
-def _serve_options(fn):
-    """One flag per setting in server/config.py; environment variables give the defaults."""
-    for name, var in reversed(list(config.ENVIRONMENT.items())):
-        flag = "--" + name.replace("_", "-")
-        fn = click.option(flag, name, default=None, help=f"[env {var}]")(fn)
-    return fn
-
-
-@cli.command()
-@_serve_options
-def serve(**flags):
-    """Run the gRPC server (embedded store unless REDIS_URL / --redis-url is set).
-
-    \b
-    Example:
-      REDIS_URL=redis://localhost:6379 HEARTBEAT_TIMEOUT=30 service-registry serve --port 50051
-    """
-    from server import app, logs
-
-    try:
-        settings = config.load(flags)
-    except config.ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    logs.setup(settings.log_format, settings.log_level)
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        runner(app.run(settings))
-    except KeyboardInterrupt:
-        pass
-
-
-def _register_subcommands() -> None:
-    from benchmarks.cli import bench
-    cli.add_command(bench)
-    for command in operator.COMMANDS:
-        cli.add_command(command)
-
-
-_register_subcommands()
+cli.add_command(serve)
+cli.add_command(completion)
+for _command in (agents, watch, notify, stats):
+    accept_after_the_command(_command)
+    cli.add_command(_command)
 
 
 def main():

@@ -5,6 +5,8 @@ Conventions (README, "Operator CLI"):
 - stdout carries the result of a command; prompts, previews, summaries and errors go to stderr.
 - In a pipe, table output has no header and no padding: one line per row, cells separated by a
   tab, tabs and newlines inside a cell replaced by spaces, empty cells written as "-".
+  `--headers` keeps the header line in a pipe, `--no-headers` drops it on a terminal.
+- `-o yaml` is the `-o json` document in YAML (a stream of documents where json is JSON Lines).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from datetime import datetime, timezone
 import click
 
 EMPTY = "-"
+DOCUMENTS = ("json", "yaml")     # formats that print whole records as documents
+_HEADERS = "service_registry.headers"  # context key: --headers / --no-headers (None: automatic)
 
 
 def is_terminal(stream=None) -> bool:
@@ -54,6 +58,8 @@ class Table:
         self.stream = sys.stdout if stream is None else stream
         self.terminal = is_terminal(self.stream) if terminal is None else terminal
         self.headers = list(headers)
+        chosen = _headers_option() if self.stream is sys.stdout else None
+        self.show_header = self.terminal if chosen is None else chosen
         self.buffer_rows = max(1, buffer_rows)
         self.min_widths = list(min_widths or [0] * len(self.headers))
         self.pending: list[list[str]] = []
@@ -62,10 +68,13 @@ class Table:
 
     def add(self, cells) -> None:
         cells = [cell(c) for c in cells]
-        self.count += 1
         if not self.terminal:
+            if self.show_header and not self.count:
+                self._write("\t".join(self.headers))
+            self.count += 1
             self._write("\t".join(cells))
             return
+        self.count += 1
         if self.widths is None:
             self.pending.append(cells)
             if len(self.pending) >= self.buffer_rows:
@@ -81,6 +90,8 @@ class Table:
         rows = [self.headers, *self.pending]
         self.widths = [max([self.min_widths[i], *(len(r[i]) for r in rows)])
                        for i in range(len(self.headers))]
+        if not self.show_header:
+            rows = rows[1:]
         for row in rows:
             self._write_aligned(row)
         self.pending = []
@@ -117,9 +128,41 @@ class JsonArray:
         click.echo("[]" if self.count == 0 else "\n]", file=self.stream)
 
 
-def print_json(document, stream=None) -> None:
-    click.echo(json.dumps(document, indent=2, ensure_ascii=False),
-               file=sys.stdout if stream is None else stream)
+class YamlList:
+    """One YAML sequence written element by element (JsonArray's twin)."""
+
+    def __init__(self, stream=None):
+        self.stream = sys.stdout if stream is None else stream
+        self.count = 0
+
+    def add(self, item) -> None:
+        click.echo(yaml_text([item]), nl=False, file=self.stream)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.count == 0:
+            click.echo("[]", file=self.stream)
+
+
+def yaml_text(document) -> str:
+    import yaml  # only for -o yaml: the other commands start without it
+
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def print_document(document, fmt: str = "json", stream=None) -> None:
+    """One whole document in `fmt` (json or yaml)."""
+    text = (yaml_text(document).rstrip("\n") if fmt == "yaml"
+            else json.dumps(document, indent=2, ensure_ascii=False))
+    click.echo(text, file=sys.stdout if stream is None else stream)
+
+
+def print_event(document, fmt: str) -> None:
+    """One of a stream of documents: a JSON line, or a YAML document after `---`."""
+    if fmt == "yaml":
+        click.echo("---\n" + yaml_text(document), nl=False)
+    else:
+        click.echo(json.dumps(document, ensure_ascii=False))
 
 
 def note(message: str) -> None:
@@ -233,3 +276,69 @@ def print_fields(pairs, terminal: bool) -> None:
     else:
         for key, value in pairs:
             click.echo(f"{key}\t{cell(value)}")
+
+
+# -- writers --------------------------------------------------------------------------------------
+
+def _headers_option() -> bool | None:
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(_HEADERS) if ctx is not None else None
+
+
+def _remember_headers(ctx, param, value) -> None:
+    if value is not None:
+        ctx.meta[_HEADERS] = value
+
+
+def output_option(choices, default="table", json_lines: bool = False):
+    """-o/--output (yaml wherever json is), and --headers/--no-headers for tables."""
+    if "json" in choices:
+        choices = [*choices, "yaml"]
+    help_text = {
+        "table": "table: aligned on a terminal, tab-separated without header in a pipe",
+        "wide": "wide: table plus cluster, version, telemetry and metadata",
+        "json": "json: one JSON object per line" if json_lines else "json: one JSON document",
+        "yaml": "yaml: one YAML document per event" if json_lines else "yaml: the same in YAML",
+    }
+    described = "; ".join(help_text[c] for c in choices if c in help_text)
+    output = click.option("-o", "--output", type=click.Choice(choices), default=default,
+                          show_default=True, help=f"Output format ({described})")
+    headers = click.option("--headers/--no-headers", default=None, expose_value=False,
+                           callback=_remember_headers,
+                           help="Print the table's header line, also in a pipe / never "
+                                "[default: on a terminal only]")
+    return lambda fn: output(headers(fn))
+
+
+class AgentWriter:
+    """Agents in the chosen output format (table, wide, json or yaml), streamed."""
+
+    def __init__(self, fmt: str, stream=None, now: int | None = None):
+        self.fmt = fmt
+        self.now = now
+        if fmt in DOCUMENTS:
+            self.sink = JsonArray(stream) if fmt == "json" else YamlList(stream)
+        else:
+            self.sink = Table(agent_headers(fmt == "wide"), stream=stream)
+
+    @property
+    def count(self) -> int:
+        return self.sink.count
+
+    @property
+    def terminal(self) -> bool:
+        return isinstance(self.sink, Table) and self.sink.terminal
+
+    def add(self, agent) -> None:
+        if self.fmt in DOCUMENTS:
+            self.sink.add(agent_dict(agent))
+        else:
+            self.sink.add(agent_row(agent, self.fmt == "wide", self.now))
+
+    def close(self) -> None:
+        self.sink.close()
+
+    def abandon(self) -> None:
+        """After an error: show the rows held back, but leave a JSON document unfinished."""
+        if isinstance(self.sink, Table):
+            self.sink.close()

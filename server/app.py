@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-from . import keys, metrics
+from . import binding, keys, metrics
 from .auth import Auth, TokensFileError, refusing_handler
 from .config import Settings
 from .errors import RpcError
@@ -132,7 +132,8 @@ class Server:
         self.grpc = grpc.aio.server(
             interceptors=[self.gate],
             options=[
-                ("grpc.so_reuseport", 1),
+                # gRPC's default (1) lets a second server share the port unnoticed
+                ("grpc.so_reuseport", int(settings.share_port)),
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
             ])
@@ -146,12 +147,19 @@ class Server:
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
-        if self.tls:
-            self.port = self.grpc.add_secure_port(self.settings.address, self.tls.credentials())
-        else:
-            self.port = self.grpc.add_insecure_port(self.settings.address)
+        """Raises binding.StartupError (one line naming the setting) when it cannot listen."""
+        binding.check(self.settings)
+        try:
+            if self.tls:
+                self.port = self.grpc.add_secure_port(self.settings.address,
+                                                      self.tls.credentials())
+            else:
+                self.port = self.grpc.add_insecure_port(self.settings.address)
+        except RuntimeError:
+            self.port = 0
         if not self.port:
-            raise RuntimeError(f"cannot listen on {self.settings.address}")
+            raise binding.StartupError(f"cannot listen on {self.settings.address} (check "
+                                       "SERVICE_REGISTRY_HOST and SERVICE_REGISTRY_PORT)")
         self._add_drain_socket()
         self._log_security()
         log.info("store: %s", self.store.describe())

@@ -34,6 +34,7 @@ class Settings:
     tls_client_ca: str = ""              # set: clients must present a certificate signed by it
     tokens_file: str = ""                # empty: authentication off
     shutdown_grace: float = 10.0         # seconds in-flight calls get on SIGTERM
+    share_port: bool = False             # let other processes listen on the same gRPC port
 
     @property
     def heartbeat_timeout_ms(self) -> int:
@@ -73,6 +74,34 @@ ENVIRONMENT = {
     "tls_client_ca": "TLS_CLIENT_CA",
     "tokens_file": "TOKENS_FILE",
     "shutdown_grace": "SHUTDOWN_GRACE",
+    "share_port": "SHARE_PORT",
+}
+
+# Setting -> what `serve --help` says about it (with its variable and default).
+HELP = {
+    "host": "Address to listen on (0.0.0.0 in containers)",
+    "port": "gRPC port",
+    "redis_url": "redis://, rediss:// or unix:// URL; unset: the embedded in-process store "
+                 "(not persisted)",
+    "heartbeat_timeout": "Seconds without a heartbeat before an agent is gone",
+    "metrics_port": "Prometheus /metrics port; 0 disables",
+    "unhealthy_below": "Derived status: success_rate below this is UNHEALTHY",
+    "degraded_below": "Derived status: success_rate below this is DEGRADED, else HEALTHY",
+    "log_max_events": "Change-log entries kept per namespace (approximate trim)",
+    "inbox_capacity": "Unacknowledged notifications kept per agent",
+    "sweep_interval": "Seconds between expiry sweeps",
+    "expiry_events": "Also reap on Redis `expired` keyspace events (true/false)",
+    "watch_buffer": "Events a watcher may lag behind before its stream is cut",
+    "progress_interval": "Seconds between PROGRESS events on an idle watch",
+    "log_format": "text, or json for one JSON object per line",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "tls_cert": "Server certificate (PEM); with TLS_KEY turns TLS on",
+    "tls_key": "Server private key (PEM)",
+    "tls_client_ca": "CA (PEM) client certificates must be signed by (mutual TLS)",
+    "tokens_file": "Bearer tokens file (JSON); unset: authentication off",
+    "shutdown_grace": "Seconds in-flight calls get on SIGTERM",
+    "share_port": "Let other processes listen on the same gRPC port (SO_REUSEPORT; needs "
+                  "REDIS_URL); `serve --workers N` sets it",
 }
 
 
@@ -107,7 +136,7 @@ def load(overrides: dict | None = None, environ=os.environ) -> Settings:
             flag = "--" + name.replace("_", "-")
             values[name] = _convert(name, types[name], raw, flag)
     settings = replace(Settings(), **values)
-    validate(settings)
+    validate(settings, given=set(values))
     return settings
 
 
@@ -115,7 +144,8 @@ def _where(name: str) -> str:
     return f"{ENVIRONMENT[name]} / --{name.replace('_', '-')}"
 
 
-def validate(s: Settings) -> None:
+def validate(s: Settings, given=frozenset()) -> None:
+    """`given`: the settings the user set, named first when two settings disagree."""
     def need(ok: bool, name: str, why: str) -> None:
         if not ok:
             raise ConfigError(f"{_where(name)}: {getattr(s, name)!r} {why}")
@@ -124,8 +154,13 @@ def validate(s: Settings) -> None:
     need(0 <= s.metrics_port < 65536, "metrics_port", "is not a TCP port (0 disables)")
     need(0.1 <= s.heartbeat_timeout <= 86400, "heartbeat_timeout", "must be 0.1..86400 seconds")
     need(0 <= s.unhealthy_below <= 1, "unhealthy_below", "must be within 0..1")
-    need(s.unhealthy_below <= s.degraded_below <= 1, "degraded_below",
-         "must be within UNHEALTHY_BELOW..1")
+    need(s.degraded_below <= 1, "degraded_below", "must be within UNHEALTHY_BELOW..1")
+    if "unhealthy_below" in given and "degraded_below" not in given:
+        need(s.unhealthy_below <= s.degraded_below, "unhealthy_below",
+             f"must not be above DEGRADED_BELOW ({s.degraded_below!r}); lower it or raise "
+             "DEGRADED_BELOW too")
+    need(s.unhealthy_below <= s.degraded_below, "degraded_below",
+         f"must be within UNHEALTHY_BELOW ({s.unhealthy_below!r})..1")
     need(s.log_max_events >= 1000, "log_max_events", "must be at least 1000")
     need(1 <= s.inbox_capacity <= 10000, "inbox_capacity", "must be 1..10000")
     need(0.01 <= s.sweep_interval <= 10, "sweep_interval", "must be 0.01..10 seconds")
@@ -137,6 +172,9 @@ def validate(s: Settings) -> None:
     need(0 <= s.shutdown_grace <= 600, "shutdown_grace", "must be 0..600 seconds")
     need(bool(s.tls_cert) == bool(s.tls_key), "tls_cert", "and TLS_KEY must be given together")
     need(not s.tls_client_ca or bool(s.tls_cert), "tls_client_ca", "needs TLS_CERT and TLS_KEY")
+    need(not s.share_port or bool(s.redis_url), "share_port",
+         "needs REDIS_URL: processes on one port must share one store, and the embedded store "
+         "lives in one process")
     if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{_where('redis_url')}: {s.redis_url!r} is not a redis://, rediss:// "
                           "or unix:// URL")

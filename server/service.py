@@ -23,7 +23,7 @@ from .coalesce import HeartbeatPipeline
 from .config import Settings
 from .errors import RpcError
 from .store import Store
-from .validation import AgentRef, InvalidArgument
+from .validation import MAX_REASON_LEN, AgentRef, InvalidArgument
 from .watch import Watches
 
 # Bounds on one discover.lua call, so a large or selective Discover never holds Redis for long:
@@ -31,7 +31,6 @@ from .watch import Watches
 DISCOVER_BUDGET = 200
 DISCOVER_BATCH = 50
 MAX_NOTIFICATIONS_PER_HEARTBEAT = 16
-MAX_REASON_LEN = 256
 
 
 def new_agent_name() -> str:

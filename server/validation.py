@@ -32,6 +32,7 @@ MAX_NOTIFY_PAYLOAD_BYTES = 8192
 MAX_ACKS = 256
 MAX_BATCH = 1000
 MAX_EVICT_IDS = 1000
+MAX_REASON_LEN = 256              # an eviction reason
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")

@@ -22,16 +22,16 @@ import redis.asyncio as aioredis
 from neural_hive_integration.clients import ServiceRegistryClient
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-from benchmarks.env import RedisServer, free_port
 from server.app import Server
 from server.config import Settings
+from server.testing import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_SERVER = shutil.which("redis-server")
 
 
 class RedisProcess(RedisServer):
-    """A redis-server of the test's own (see benchmarks/env.py), with a client."""
+    """A redis-server of the test's own (see server/testing.py), with a client."""
 
     def start(self) -> None:
         if REDIS_SERVER is None:

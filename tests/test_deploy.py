@@ -30,7 +30,8 @@ from server import app, auth, config
 
 KUBE = ROOT / "deploy" / "kubernetes"
 BASE = KUBE / "base"
-DEV_ONLY_MODULES = ("yaml", "cryptography", "pytest", "grpc_tools", "matplotlib", "psutil")
+DEV_ONLY_MODULES = ("cryptography", "pytest", "grpc_tools", "matplotlib", "psutil")
+OWN_PACKAGES = {"service-registry", "neural-hive-integration"}
 
 
 # -- Dockerfile -------------------------------------------------------------------------------
@@ -116,7 +117,8 @@ def test_dockerfile_healthcheck_uses_the_grpc_health_service():
 def test_dockerfile_installs_as_make_install_does():
     runs = [rest for k, rest in dockerfile() if k == "RUN"]
     pip = [cmd.strip() for rest in runs for cmd in rest.split("&&") if "pip install" in cmd]
-    assert pip == ["pip install -e ./client -e ."]
+    assert pip == ["pip install -c constraints.txt -r /tmp/requirements.txt",
+                   "pip install --no-deps -e ./client -e ."]
     make = re.search(r"pip install (.* -e .*)", (ROOT / "Makefile").read_text()).group(1)
     words = [w for w in shlex.split(make) if not w.startswith("--")]
     # Same packages, same editable mode; the image leaves the dev and bench extras out.
@@ -126,6 +128,83 @@ def test_dockerfile_installs_as_make_install_does():
     assert {"server", "lua"} <= copied
     from server import scripts
     assert scripts.LUA_DIR == ROOT / "lua"
+
+
+def runtime_requirements() -> list[str]:
+    """The runtime dependencies the image's first layer installs (both pyproject files)."""
+    names = []
+    for path in (ROOT / "pyproject.toml", ROOT / "client" / "pyproject.toml"):
+        names += tomllib.loads(path.read_text())["project"]["dependencies"]
+    return [n for n in names if re.split(r"[\[<>=!~ ]", n)[0] not in OWN_PACKAGES]
+
+
+def test_dependencies_are_installed_in_a_layer_before_the_source():
+    instructions = dockerfile()
+    keywords = [k for k, _ in instructions]
+    deps = next(i for i, (k, rest) in enumerate(instructions)
+                if k == "RUN" and "constraints.txt" in rest)
+    # only packaging metadata is copied before it, so a code change keeps the layer
+    before = [arguments(rest)[:-1] for k, rest in instructions[:deps] if k == "COPY"]
+    assert sorted(src for srcs in before for src in srcs) == [
+        "client/pyproject.toml", "constraints.txt", "pyproject.toml"]
+    sources = [i for i, (k, rest) in enumerate(instructions)
+               if k == "COPY" and arguments(rest)[0] in ("server/", "cli/", "lua/", "client/")]
+    assert sources and min(sources) > deps
+    assert keywords.count("FROM") == 1
+    # the first layer's requirement list is what the pyproject files name
+    code = re.search(r'python -c "(.+?)" > /tmp/requirements.txt', instructions[deps][1])[1]
+    listed = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert listed == [r.replace(" ", "") for r in runtime_requirements()]
+
+
+def pinned() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, eq, version = line.partition("==")
+            assert eq and version, f"constraints.txt: {line!r} is not pinned with =="
+            pins[canonical(name)] = version
+    return pins
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_constraints_pin_every_runtime_dependency_at_the_tested_version():
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    pins = pinned()
+    assert not OWN_PACKAGES & set(pins), "the project's own packages are not pinned"
+    wanted = [Requirement(r) for r in runtime_requirements()]
+    seen: set[str] = set()
+    while wanted:  # and what they need in turn, with the extras asked for (redis[hiredis])
+        requirement = wanted.pop()
+        if (key := canonical(requirement.name)) in seen:
+            continue
+        seen.add(key)
+        installed = metadata.version(requirement.name)
+        assert key in pins, f"{key} is not pinned in constraints.txt (run `make constraints`)"
+        assert pins[key] == installed, (f"constraints.txt pins {key}=={pins[key]}, the tests "
+                                        f"run {installed} (run `make constraints`)")
+        for dep in map(Requirement, metadata.requires(requirement.name) or []):
+            extras = requirement.extras | {""}
+            if dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in extras):
+                wanted.append(dep)
+
+
+def test_the_image_says_which_store_it_runs():
+    env = env_of(dockerfile())
+    assert "REDIS_URL" not in env  # the default: the embedded store ...
+    settings = config.load(environ={k: v for k, v in env.items()
+                                    if k in config.ENVIRONMENT.values()})
+    assert app.Store(settings).describe().startswith("embedded, not persisted")  # ... its log
+    readme = (ROOT / "README.md").read_text()
+    docker = readme[readme.index("### Docker"):readme.index("### Kubernetes")]
+    assert "embedded store" in docker and "store: embedded, not persisted" in docker
 
 
 # -- .dockerignore and the image's file tree --------------------------------------------------
