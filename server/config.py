@@ -18,7 +18,7 @@ class Settings:
     port: int = 50051
     redis_url: str = ""                  # empty: the embedded in-process store
     heartbeat_timeout: float = 60.0      # seconds without a heartbeat before an agent is gone
-    metrics_port: int = 9464             # 0 disables the Prometheus endpoint
+    metrics_port: int = 9464             # the HTTP port (metrics, health, API, dashboard); 0: off
     unhealthy_below: float = 0.5         # derived status: success_rate below this is UNHEALTHY
     degraded_below: float = 0.9          # ... below this DEGRADED, else HEALTHY
     log_max_events: int = 100_000        # change-log length kept per namespace (approximate)
@@ -34,6 +34,7 @@ class Settings:
     tls_client_ca: str = ""              # set: clients must present a certificate signed by it
     tokens_file: str = ""                # empty: authentication off
     shutdown_grace: float = 10.0         # seconds in-flight calls get on SIGTERM
+    grpc_reflection: bool = True         # gRPC server reflection (grpcurl list/describe)
 
     @property
     def heartbeat_timeout_ms(self) -> int:
@@ -73,6 +74,7 @@ ENVIRONMENT = {
     "tls_client_ca": "TLS_CLIENT_CA",
     "tokens_file": "TOKENS_FILE",
     "shutdown_grace": "SHUTDOWN_GRACE",
+    "grpc_reflection": "GRPC_REFLECTION",
 }
 
 
