@@ -15,7 +15,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from . import openapi
+from ..errors import RpcError, status_of
 from .api import Api
+from .context import request_token
 from .status import GRPC_CODE, JSON, error_response
 
 log = logging.getLogger("service_registry")
@@ -73,6 +75,7 @@ class HttpApp:
         app.router.add_get("/v1/openapi.json", self.openapi)
         self.api.add_routes(app)
         app.router.add_get("/", self.index)
+        app.router.add_get("/dashboard/session", self.session)
         app.router.add_static("/static/", STATIC, append_version=True)
         return app
 
@@ -124,6 +127,21 @@ class HttpApp:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=self._openapi, content_type=JSON)
+
+    async def session(self, request: web.Request) -> web.Response:
+        """Who the dashboard's token is, so the page offers only what it may do (the server
+        checks every call anyway)."""
+        auth = self.api.gate.auth
+        if not auth.enabled:
+            return web.json_response({"auth": False, "name": "", "scope": "operator",
+                                      "namespace": "*"})
+        try:
+            token = auth.identify((("authorization", f"Bearer {request_token(request, False)}"),),
+                                  f"http:{request.remote or ''}")
+        except RpcError as exc:
+            return error_response(*status_of(exc))
+        return web.json_response({"auth": True, "name": token.name, "scope": token.role.value,
+                                  "namespace": token.namespace})
 
     async def index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
