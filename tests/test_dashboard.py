@@ -5,6 +5,7 @@ server refuses it anyway). Saves a screenshot in the test's temporary directory 
 DASHBOARD_SCREENSHOT=path, there too: that is how docs/dashboard.png is made)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -174,3 +175,24 @@ async def test_operator_evicts_from_the_page_and_a_reader_cannot(browser, secure
     await page.wait_for_selector(row("alpha/a1"), state="detached")
     assert not errors, errors
     assert (await http.call("GET", "/v1/agents/alpha/a1", token=SECRETS["ops"]))[0] == 404
+
+
+async def test_a_thousand_agents_render_only_the_visible_rows(browser):
+    async with running_http("embedded") as http:
+        stub = http.registry.stub
+        await asyncio.gather(*(stub.Register(pb.RegisterRequest(
+            agent_id=f"agent-{i:04d}", agent_type=pb.WORKER, capabilities=[f"c{i % 10}"]))
+            for i in range(1000)))
+        page, errors = await open_page(browser, http)
+        await page.wait_for_function("document.querySelector('#shown').textContent === "
+                                     "'1000 agents'")
+        assert await page.locator(".rows .row").count() < 80  # virtualised
+        await page.eval_on_selector("#body", "el => el.scrollTop = el.scrollHeight")
+        await page.wait_for_selector(row("default/agent-0999"))
+        await page.fill("#f-capability", "c7")
+        await page.wait_for_function("document.querySelector('#shown').textContent === "
+                                     "'100 of 1000 agents'")
+        await page.click('[data-sort="agent_id"]')  # descending
+        await page.wait_for_function(
+            "document.querySelector('.rows .row').dataset.agentId === 'default/agent-0997'")
+        assert not errors, errors
