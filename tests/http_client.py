@@ -6,8 +6,10 @@ import json
 from contextlib import asynccontextmanager
 
 import aiohttp
+from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 
 from conftest import RedisProcess, free_port, running_registry
+from test_auth import bearer, tokens_document
 
 
 class Http:
@@ -89,3 +91,15 @@ async def running_http(kind: str, **overrides):
     finally:
         if proc:
             proc.cleanup()
+
+
+@asynccontextmanager
+async def running_secured_http(directory):
+    """On Redis with test_auth's tokens (written into `directory`); alpha/a1 registered by
+    the agent-a token."""
+    tokens = directory / "tokens.json"
+    tokens.write_text(json.dumps(tokens_document()))
+    async with running_http("redis", tokens_file=str(tokens)) as http:
+        await http.registry.stub.Register(pb.RegisterRequest(
+            agent_type=pb.WORKER, namespace="alpha", agent_id="a1"), metadata=bearer("agent-a"))
+        yield http

@@ -11,20 +11,18 @@ import os
 import random
 import re
 import shutil
-from pathlib import Path
 
-import aiohttp
 import pytest
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 
-from conftest import RedisProcess, free_port, running_registry
-from http_client import Http, running_http
-from test_auth import SECRETS, tokens_document
+from http_client import running_http, running_secured_http
+from test_auth import SECRETS
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
 playwright_api = pytest.importorskip("playwright.async_api")
+expect = playwright_api.expect
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason="chromium is not installed (bash .ci/run installs it)")
 
@@ -78,6 +76,7 @@ async def open_page(browser, http, token: str = "", query: str = ""):
     page = await browser.new_page(viewport={"width": 1440, "height": 860})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
     if token:  # what the token dialog stores
         await page.add_init_script(f"sessionStorage.setItem('sr.token', {json.dumps(token)})")
     await page.goto(http.base + "/" + query)
@@ -107,7 +106,7 @@ async def test_the_fleet_live_without_a_reload(browser, tmp_path):
 
         # search by capability, then the detail of one agent
         await page.fill("#f-capability", "gpu")
-        await page.wait_for_function("document.querySelectorAll('.rows .row').length === 4")
+        await expect(page.locator(".rows .row")).to_have_count(4)
         await page.fill("#f-capability", "")
         await page.click(row("default/planner-eu-1"))
         await page.wait_for_selector("#detail:not([hidden])")
@@ -121,8 +120,7 @@ async def test_the_fleet_live_without_a_reload(browser, tmp_path):
                 agent_id="default/planner-eu-1", telemetry=pb.AgentTelemetry(
                     success_rate=0.97 - 0.05 * (i % 3) - 0.02 * i,
                     avg_duration_ms=180 + 45 * i + 60 * (i % 2), total_executions=1400 + i)))
-            await page.wait_for_function(
-                f"document.querySelector('#d-chart').textContent.includes('{seen + i + 1} samples')")
+            await expect(page.locator("#d-chart")).to_contain_text(f"{seen + i + 1} samples")
         await stub.Heartbeat(pb.HeartbeatRequest(agent_id="default/guard-rate",
                                                  status=pb.DEGRADED))
         await page.wait_for_selector(row("default/guard-rate") + ".changed")
@@ -134,20 +132,8 @@ async def test_the_fleet_live_without_a_reload(browser, tmp_path):
 
 @pytest.fixture
 async def secured_http(tmp_path):
-    tokens = tmp_path / "tokens.json"
-    tokens.write_text(json.dumps(tokens_document()))
-    proc = RedisProcess()
-    proc.start()
-    try:
-        async with running_registry("redis", proc, tokens_file=str(tokens),
-                                    metrics_port=free_port()) as reg:
-            await reg.stub.Register(pb.RegisterRequest(agent_type=pb.WORKER, namespace="alpha",
-                                                       agent_id="a1"),
-                                    metadata=(("authorization", f"Bearer {SECRETS['ops']}"),))
-            async with aiohttp.ClientSession() as session:
-                yield Http(reg, session)
-    finally:
-        proc.cleanup()
+    async with running_secured_http(tmp_path) as http:
+        yield http
 
 
 async def test_operator_evicts_from_the_page_and_a_reader_cannot(browser, secured_http):
@@ -184,15 +170,13 @@ async def test_a_thousand_agents_render_only_the_visible_rows(browser):
             agent_id=f"agent-{i:04d}", agent_type=pb.WORKER, capabilities=[f"c{i % 10}"]))
             for i in range(1000)))
         page, errors = await open_page(browser, http)
-        await page.wait_for_function("document.querySelector('#shown').textContent === "
-                                     "'1000 agents'")
+        await expect(page.locator("#shown")).to_have_text("1000 agents")
         assert await page.locator(".rows .row").count() < 80  # virtualised
         await page.eval_on_selector("#body", "el => el.scrollTop = el.scrollHeight")
         await page.wait_for_selector(row("default/agent-0999"))
         await page.fill("#f-capability", "c7")
-        await page.wait_for_function("document.querySelector('#shown').textContent === "
-                                     "'100 of 1000 agents'")
+        await expect(page.locator("#shown")).to_have_text("100 of 1000 agents")
         await page.click('[data-sort="agent_id"]')  # descending
-        await page.wait_for_function(
-            "document.querySelector('.rows .row').dataset.agentId === 'default/agent-0997'")
+        await expect(page.locator(".rows .row").first).to_have_attribute(
+            "data-agent-id", "default/agent-0997")
         assert not errors, errors

@@ -3,16 +3,14 @@ valid token, 403 outside its scope or namespace, nothing changed), open routes f
 Prometheus, ?access_token= only for the watch, HTTPS with the gRPC port's certificate."""
 from __future__ import annotations
 
-import json
 import ssl
 
 import aiohttp
 import pytest
-from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 
 from conftest import RedisProcess, free_port, running_registry
-from http_client import Http
-from test_auth import SECRETS, bearer, tokens_document
+from http_client import Http, running_secured_http
+from test_auth import SECRETS
 from test_tls import CA
 
 ROUTES_AND_BODIES = [
@@ -33,20 +31,8 @@ ROUTES_AND_BODIES = [
 
 @pytest.fixture
 async def secured(tmp_path):
-    tokens = tmp_path / "tokens.json"
-    tokens.write_text(json.dumps(tokens_document()))
-    proc = RedisProcess()
-    proc.start()
-    try:
-        async with running_registry("redis", proc, tokens_file=str(tokens),
-                                    metrics_port=free_port()) as reg:
-            await reg.stub.Register(pb.RegisterRequest(
-                agent_type=pb.WORKER, namespace="alpha", agent_id="a1"),
-                metadata=bearer("agent-a"))
-            async with aiohttp.ClientSession() as session:
-                yield Http(reg, session)
-    finally:
-        proc.cleanup()
+    async with running_secured_http(tmp_path) as http:
+        yield http
 
 
 async def state(http) -> dict:

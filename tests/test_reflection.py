@@ -11,8 +11,6 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import \
     ProtoReflectionDescriptorDatabase
 
-from conftest import running_registry
-
 
 def describe(address: str) -> tuple[list[str], list[str]]:
     """(services listed, methods of service_registry.ServiceRegistry), like grpcurl list and

@@ -144,4 +144,8 @@ class HttpApp:
                                   "namespace": token.namespace})
 
     async def index(self, request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        return web.FileResponse(STATIC / "index.html", headers={
+            "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+            # nothing from elsewhere, and no framing (the page can evict agents)
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                                       "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"})

@@ -78,7 +78,7 @@ function connect() {
     if (source !== state.source) return;
     if (source.readyState === EventSource.CLOSED) {  // refused (token, compaction): start over
       setLive("offline", "offline");
-      setTimeout(() => checkSession().then(connect), 2000);
+      setTimeout(() => checkSession().then(() => { if (state.session) connect(); }), 2000);
     } else {
       setLive("reconnecting", "reconnecting");
     }
@@ -521,7 +521,7 @@ function wire() {
     state.token = "";
     sessionStorage.removeItem("sr.token");
     $("token-dialog").close();
-    checkSession().then(connect);
+    checkSession().then(() => { if (state.session) connect(); });
   });
   $("evict-form").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -551,7 +551,7 @@ async function act(call, describe) {
 async function main() {
   wire();
   await checkSession();
-  connect();
+  if (state.session) connect();  // else the token dialog is open; submitting it connects
   loadStats();
   setInterval(loadStats, STATS_MS);
   setInterval(sweep, SWEEP_MS);
