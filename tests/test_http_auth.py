@@ -11,7 +11,7 @@ import pytest
 from conftest import RedisProcess, free_port, running_registry
 from http_client import Http, running_secured_http
 from test_auth import SECRETS
-from test_tls import CA
+from test_tls import CA, Issued
 
 ROUTES_AND_BODIES = [
     ("POST", "/v1/agents", {"agent_type": "WORKER", "namespace": "alpha", "agent_id": "x"}),
@@ -106,23 +106,45 @@ async def test_access_token_query_parameter_only_for_the_watch(secured):
     assert status == 403
 
 
-async def test_https_with_the_grpc_certificate(tmp_path):
-    ca = CA(tmp_path, "trusted")
-    server = ca.server()
+async def https_ok(port: int, ca_pem: bytes) -> bool:
+    """True when GET /healthz over a fresh connection trusting `ca_pem` succeeds."""
+    trusting = ssl.create_default_context(cadata=ca_pem.decode())
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting)) as session:
+        try:
+            async with session.get(f"https://localhost:{port}/healthz") as response:
+                return response.status == 200
+        except aiohttp.ClientConnectorCertificateError:
+            return False
+
+
+async def test_https_with_the_grpc_certificate_rotated_on_reload(tmp_path):
+    ca, rogue = CA(tmp_path, "trusted"), CA(tmp_path, "rogue")
+    live = Issued(tmp_path / "live.pem", tmp_path / "live.key")
+    ca.server(into=live)
     proc = RedisProcess()
     proc.start()
     try:
-        async with running_registry("redis", proc, tls_cert=str(server.cert),
-                                    tls_key=str(server.key), metrics_port=free_port()) as reg:
-            trusting = ssl.create_default_context(cadata=ca.pem.decode())
-            async with aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(ssl=trusting)) as session:
-                http = Http(reg, session, scheme="https")
-                http.base = http.base.replace("127.0.0.1", "localhost")
-                assert (await http.call("GET", "/v1/stats"))[0] == 200
-                assert (await http.call("GET", "/metrics"))[0] == 200
+        async with running_registry("redis", proc, tls_cert=str(live.cert),
+                                    tls_key=str(live.key), metrics_port=free_port()) as reg:
+            port = reg.server.http_port
+            assert await https_ok(port, ca.pem)
             async with aiohttp.ClientSession() as session:
                 with pytest.raises(aiohttp.ClientError):  # plaintext is not served
                     await Http(reg, session).call("GET", "/healthz")
+            rogue.server(into=live)  # SIGHUP: the new certificate, from another CA
+            reg.server.reload()
+            assert await https_ok(port, rogue.pem)
+            assert not await https_ok(port, ca.pem)
+            live.key.write_text("not a key")  # a broken file is not taken
+            reg.server.reload()
+            assert await https_ok(port, rogue.pem)
     finally:
         proc.cleanup()
+
+
+async def test_a_draining_server_refuses_api_calls_with_503(secured):
+    """What Server.stop sets first (before gRPC and then the HTTP port stop)."""
+    secured.registry.server.gate.draining = True
+    status, error = await secured.call("GET", "/v1/stats", token=SECRETS["ops"])
+    assert status == 503 and error["code"] == 14 and "shutting down" in error["message"]
+    assert (await secured.call("GET", "/healthz"))[0] == 200
