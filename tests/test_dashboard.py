@@ -136,10 +136,12 @@ async def secured_http(tmp_path):
         yield http
 
 
-async def test_operator_evicts_from_the_page_and_a_reader_cannot(browser, secured_http):
+async def test_operator_evicts_from_the_page_and_a_reader_cannot(browser, secured_http,
+                                                                  tmp_path):
     http = secured_http
     page, _ = await open_page(browser, http)
     await page.wait_for_selector("#token-dialog[open]")  # no token: the page asks for one
+    await page.screenshot(path=str(tmp_path / "token-dialog.png"))
     await page.close()
 
     page, _ = await open_page(browser, http, SECRETS["reader-all"])
@@ -163,7 +165,7 @@ async def test_operator_evicts_from_the_page_and_a_reader_cannot(browser, secure
     assert (await http.call("GET", "/v1/agents/alpha/a1", token=SECRETS["ops"]))[0] == 404
 
 
-async def test_a_thousand_agents_render_only_the_visible_rows(browser):
+async def test_a_thousand_agents_render_only_the_visible_rows(browser, tmp_path):
     async with running_http("embedded") as http:
         stub = http.registry.stub
         await asyncio.gather(*(stub.Register(pb.RegisterRequest(
@@ -171,6 +173,7 @@ async def test_a_thousand_agents_render_only_the_visible_rows(browser):
             for i in range(1000)))
         page, errors = await open_page(browser, http)
         await expect(page.locator("#shown")).to_have_text("1000 agents")
+        await page.screenshot(path=str(tmp_path / "thousand.png"))
         assert await page.locator(".rows .row").count() < 80  # virtualised
         await page.eval_on_selector("#body", "el => el.scrollTop = el.scrollHeight")
         await page.wait_for_selector(row("default/agent-0999"))

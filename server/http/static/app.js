@@ -170,7 +170,7 @@ async function loadStats() {
   try {
     state.stats = (await api("GET", "/v1/stats")).namespaces || [];
   } catch (error) {
-    if (error.status === 401) return askToken(error.message);
+    if (error.status === 401) return askToken(state.token ? "That token is not valid." : "");
   }
   renderOverview();
 }
@@ -552,6 +552,7 @@ async function main() {
   wire();
   await checkSession();
   if (state.session) connect();  // else the token dialog is open; submitting it connects
+  else setLive("offline", "needs a token");
   loadStats();
   setInterval(loadStats, STATS_MS);
   setInterval(sweep, SWEEP_MS);
