@@ -120,6 +120,11 @@ async def test_heartbeat_batch_and_stream_report_failures_per_item(http):
     first, last = (json.loads(line) for line in text.splitlines())
     assert first["result"]["error_code"] == 0
     assert last["error"]["code"] == INVALID and "nope" in last["error"]["message"]
+    # a line longer than the reader buffers: refused, the body is not read into memory
+    long_line = b'{"agent_id":"default/w1","ack_notification_ids":["' + b"x" * 5_000_000
+    status, text = await http.call("POST", "/v1/heartbeats:stream", raw=long_line + b'"]}\n')
+    assert json.loads(text)["error"]["code"] == INVALID
+    assert "too long" in json.loads(text)["error"]["message"].lower()
 
 
 BAD_REQUESTS = [

@@ -7,6 +7,7 @@ import json
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from ..errors import RpcError, status_of
 from ..validation import InvalidArgument
@@ -73,9 +74,13 @@ class Api:
         await response.prepare(request)
 
         async def requests():
-            async for line in request.content:
-                if line.strip():
-                    yield codec.from_body(route, line)
+            try:
+                async for line in request.content:
+                    if line.strip():
+                        yield codec.from_body(route, line)
+            except BadHttpMessage:  # a line longer than the reader buffers
+                raise InvalidArgument("body: a line is too long (one HeartbeatRequest per "
+                                      "line)") from None
 
         replies = getattr(self.service, route.rpc)(requests(), context)
         async with contextlib.aclosing(replies):
