@@ -86,7 +86,7 @@ PROFILES = {
 }
 
 SCENARIOS = ("ceilings", "register", "heartbeat", "memory", "discover", "mixed", "watch",
-             "expiry")
+             "expiry", "http")
 
 
 @dataclass

@@ -11,6 +11,7 @@ import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
 from . import binding, keys, metrics
@@ -18,6 +19,7 @@ from .auth import Auth, TokensFileError, refusing_handler
 from .config import Settings
 from .errors import RpcError
 from .expiry import Reaper
+from .http.app import HttpApp
 from .service import RegistryService
 from .store import Store
 from .tasks import cancel_tasks
@@ -139,7 +141,13 @@ class Server:
             ])
         pb_grpc.add_ServiceRegistryServicer_to_server(self.service, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        if settings.grpc_reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
+        self.http = HttpApp(settings, self.service, self.gate, self.tls,
+                            ready=lambda: self._serving is True and not self._draining)
         self.port = 0
+        self.http_port = 0        # the bound HTTP port (METRICS_PORT), 0 when off
         self._serving = None
         self._draining = False
         self._drain_dir = ""      # holds the Unix socket the drain checks itself through
@@ -172,7 +180,10 @@ class Server:
         self._tasks.append(asyncio.create_task(self._health_forever(), name="health-probe"))
         self._tasks.append(asyncio.create_task(self._gauges_forever(), name="agent-gauges"))
         await self.grpc.start()
-        metrics.serve(self.settings.host, self.settings.metrics_port)
+        try:
+            self.http_port = await self.http.start()
+        except OSError as exc:  # taken since binding.check looked
+            raise binding.StartupError(f"METRICS_PORT {self.settings.metrics_port}: {exc.strerror}") from None
         log.info("serving gRPC on %s:%d (heartbeat timeout %ss)", self.settings.host, self.port,
                  self.settings.heartbeat_timeout)
         return self.port
@@ -238,6 +249,7 @@ class Server:
         self.auth.reload()
         if self.tls:
             self.tls.reload()
+            self.http.reload()
 
     async def _set_serving(self, serving: bool) -> None:
         if serving == self._serving or (serving and self._draining):
@@ -302,6 +314,7 @@ class Server:
         await self.grpc.stop(max(0.0, grace - (time.monotonic() - started)))
         self._remove_drain_socket()
         log.info("draining: gRPC stopped after %.1fs", time.monotonic() - started)
+        await self.http.stop()
         await self.reaper.stop()
         await self.store.close()
         log.info("draining: expiry sweeper stopped, redis connection closed")

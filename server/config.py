@@ -18,7 +18,7 @@ class Settings:
     port: int = 50051
     redis_url: str = ""                  # empty: the embedded in-process store
     heartbeat_timeout: float = 60.0      # seconds without a heartbeat before an agent is gone
-    metrics_port: int = 9464             # 0 disables the Prometheus endpoint
+    metrics_port: int = 9464             # the HTTP port (metrics, health, API, dashboard); 0: off
     unhealthy_below: float = 0.5         # derived status: success_rate below this is UNHEALTHY
     degraded_below: float = 0.9          # ... below this DEGRADED, else HEALTHY
     log_max_events: int = 100_000        # change-log length kept per namespace (approximate)
@@ -35,6 +35,7 @@ class Settings:
     tokens_file: str = ""                # empty: authentication off
     shutdown_grace: float = 10.0         # seconds in-flight calls get on SIGTERM
     share_port: bool = False             # let other processes listen on the same gRPC port
+    grpc_reflection: bool = True         # gRPC server reflection (grpcurl list/describe)
 
     @property
     def heartbeat_timeout_ms(self) -> int:
@@ -75,6 +76,7 @@ ENVIRONMENT = {
     "tokens_file": "TOKENS_FILE",
     "shutdown_grace": "SHUTDOWN_GRACE",
     "share_port": "SHARE_PORT",
+    "grpc_reflection": "GRPC_REFLECTION",
 }
 
 # Setting -> what `serve --help` says about it (with its variable and default).
@@ -84,7 +86,7 @@ HELP = {
     "redis_url": "redis://, rediss:// or unix:// URL; unset: the embedded in-process store "
                  "(not persisted)",
     "heartbeat_timeout": "Seconds without a heartbeat before an agent is gone",
-    "metrics_port": "Prometheus /metrics port; 0 disables",
+    "metrics_port": "HTTP port: /metrics, /healthz, /readyz, JSON API, dashboard; 0 disables",
     "unhealthy_below": "Derived status: success_rate below this is UNHEALTHY",
     "degraded_below": "Derived status: success_rate below this is DEGRADED, else HEALTHY",
     "log_max_events": "Change-log entries kept per namespace (approximate trim)",
@@ -102,6 +104,7 @@ HELP = {
     "shutdown_grace": "Seconds in-flight calls get on SIGTERM",
     "share_port": "Let other processes listen on the same gRPC port (SO_REUSEPORT; needs "
                   "REDIS_URL); `serve --workers N` sets it",
+    "grpc_reflection": "gRPC server reflection for grpcurl list/describe (true/false)",
 }
 
 

@@ -1,7 +1,7 @@
-"""Prometheus metrics (names from the seed README) on their own HTTP port."""
+"""Prometheus metrics (names from the seed README), served at /metrics by server/http."""
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 AGENTS = Gauge("service_registry_agents_total", "Registered agents", ["namespace"])
 REGISTER = Counter("service_registry_register_total", "Registration attempts", ["outcome"])
@@ -26,7 +26,3 @@ def observe(operation: str, outcome: str, seconds: float) -> None:
     if counter is not None:
         counter.labels(outcome).inc()
 
-
-def serve(host: str, port: int) -> None:
-    if port:
-        start_http_server(port, addr=host)

@@ -26,6 +26,9 @@ SCENARIOS = {
     "mixed": ("mixed.heartbeat.alone", "mixed.heartbeat.with_discover"),
     "watch": ("watch.fanout",),
     "expiry": ("expiry.storm", "expiry.among_live"),
+    "http": ("grpc.heartbeat", "http.heartbeat", "grpc.discover", "http.discover",
+             "http.sse.fanout", "http.idle.heartbeat.with_http",
+             "http.idle.heartbeat.without_http"),
 }
 
 
