@@ -183,7 +183,8 @@ class Server:
         try:
             self.http_port = await self.http.start()
         except OSError as exc:  # taken since binding.check looked
-            raise binding.StartupError(f"METRICS_PORT {self.settings.metrics_port}: {exc.strerror}") from None
+            raise binding.StartupError(
+                f"METRICS_PORT {self.settings.metrics_port}: {exc.strerror}") from None
         log.info("serving gRPC on %s:%d (heartbeat timeout %ss)", self.settings.host, self.port,
                  self.settings.heartbeat_timeout)
         return self.port
