@@ -1,19 +1,23 @@
 --[[ discover: live agents having every capability, passing the filters, healthiest first.
 KEYS[1..n] capability zsets (or only the namespace health zset when no capability is asked)
-ARGV[1] namespace prefix   ARGV[2] results still wanted   ARGV[3] start rank in the driver zset
-ARGV[4] scan budget: candidates this call may examine   ARGV[5] driver: index in KEYS of the
-zset to walk (0 = pick the smallest)   ARGV[6] filters as JSON, see `matches` in agent.lua
-Returns {next rank (-1 when the driver is exhausted), driver index, then score, name, record
-for each match}; the score (lower is healthier) lets the server merge namespaces.
+ARGV[1] namespace prefix   ARGV[2] results still wanted   ARGV[3] offset: candidates of the
+driver zset already walked   ARGV[4] scan budget: candidates this call may examine
+ARGV[5] driver: index in KEYS of the zset to walk (0 = pick the smallest)
+ARGV[6] filters as JSON, see `matches` in agent.lua
+ARGV[7] origin, a fraction of the driver's size in [0, 1): the walk starts at that rank and
+wraps around (0 = from the healthiest, the ranked order; BALANCED Discover passes a random one,
+so every agent is equally often in a window)
+Returns {next offset (-1 when the whole driver is walked), driver index, then score, name,
+record for each match}; the score (lower is healthier) lets the server merge namespaces.
 Walks the smallest zset in health order a chunk at a time (ZRANGE without scores: formatting
 them costs as much as the names) and checks each chunk against every other zset with one
 ZMSCORE (C speed per member; one ZSCORE call per candidate cost 3x more), so a
 query for a few results examines a few candidates instead of materialising an intersection.
 Chunks are sized from the hit rate seen so far. The budget bounds each call; the server
-continues from the next rank in a new call while it needs more.
+continues from the next offset in a new call while it needs more.
 ]]
 --@include agent.lua
-local P, wanted, rank, budget = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local P, wanted, offset, budget = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local driver = tonumber(ARGV[5])
 local filters = cjson.decode(ARGV[6])
 if driver == 0 then
@@ -27,11 +31,15 @@ end
 local others = {}
 for i = 1, #KEYS do if i ~= driver then others[#others + 1] = KEYS[i] end end
 
+local size = redis.call('ZCARD', KEYS[driver])
+local origin = math.floor(tonumber(ARGV[7]) * size)
 local now = now_ms()
 local reply = {-1, driver}
 local found, examined, hits = 0, 0, 0
-while found < wanted and examined < budget do
-  local chunk = math.min(chunk_size(wanted - found, hits, examined, #others > 0), budget - examined)
+while found < wanted and examined < budget and offset < size do
+  local rank = (origin + offset) % size
+  local chunk = math.min(chunk_size(wanted - found, hits, examined, #others > 0),
+                         budget - examined, size - offset, size - rank)  -- no chunk wraps
   local names = redis.call('ZRANGE', KEYS[driver], rank, rank + chunk - 1)
   local alive = having_all(names, others)
   hits = hits + #alive
@@ -50,10 +58,8 @@ while found < wanted and examined < budget do
   if last then  -- stop right after the last result, so the next call starts there
     for i = #names, 1, -1 do if names[i] == last then used = i; break end end
   end
-  rank, examined = rank + used, examined + used
-  if used == #names and #names < chunk then
-    return reply  -- driver exhausted
-  end
+  offset, examined = offset + used, examined + used
+  if #names < chunk then return reply end  -- the driver shrank under us: done
 end
-reply[1] = rank
+if offset < size then reply[1] = offset end
 return reply

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import random
 import secrets
 import time
 
@@ -17,7 +18,7 @@ import grpc
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-from . import convert, errors, validation
+from . import balance, convert, errors, validation
 from .auth import Auth, Scope
 from .coalesce import HeartbeatPipeline
 from .config import Settings
@@ -237,12 +238,19 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         wanted = validation.bounded_count(request.max_results, "max_results",
                                           validation.DEFAULT_MAX_RESULTS,
                                           validation.MAX_MAX_RESULTS)
+        balanced = validation.selection(request.selection) == pb.BALANCED
         if request.namespace and filters.namespace and request.namespace != filters.namespace:
             raise InvalidArgument("namespace: differs from filters['namespace']")
         namespaces = await self._readable_namespaces(context, request.namespace or filters.namespace)
         found = []
+        # BALANCED: a window of matches from a random origin in each namespace, then a pick.
+        window, origin = ((balance.window(wanted), random.random()) if balanced
+                          else (wanted, 0.0))
         for ns in namespaces:
-            found += await self._discover_in(ns, caps, filters.as_json(), wanted)
+            found += await self._discover_in(ns, caps, filters.as_json(), window, origin)
+        if balanced:
+            agents = balance.pick([agent for _, agent in found], wanted, int(time.time() * 1000))
+            return pb.DiscoverResponse(agents=agents)
         if len(namespaces) > 1:
             found.sort(key=lambda item: (item[0], item[1].agent_id))
         return pb.DiscoverResponse(agents=[agent for _, agent in found[:wanted]])
@@ -256,8 +264,10 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
             return [ns]
         return self.auth.readable(context, await self.store.namespaces())
 
-    async def _discover_in(self, ns: str, caps: list[str], filters_json: str, wanted: int):
-        """(score, AgentInfo) of the best `wanted` matches in one namespace, in bounded calls."""
+    async def _discover_in(self, ns: str, caps: list[str], filters_json: str, wanted: int,
+                           origin: float = 0.0):
+        """(score, AgentInfo) of `wanted` matches in one namespace, in bounded calls: the best,
+        or with `origin` (0..1) the first after that point of the health order, wrapping."""
         k = validation.AgentRef(ns, "_").keys
         zsets = [k.capability(c) for c in caps] or [k.health]
         found, seen = [], set()
@@ -265,7 +275,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         while rank >= 0 and len(found) < wanted:
             reply = await self.scripts.discover(
                 keys=zsets, args=[k.prefix, min(wanted - len(found), DISCOVER_BATCH), rank,
-                                  DISCOVER_BUDGET, driver, filters_json])
+                                  DISCOVER_BUDGET, driver, filters_json, repr(origin)])
             rank, driver = int(reply[0]), int(reply[1])
             # Calls see the index at different moments: an agent re-scored in between may
             # show up twice.

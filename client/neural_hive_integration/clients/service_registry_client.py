@@ -252,11 +252,14 @@ class ServiceRegistryClient:
         return AgentInfo.from_proto(reply.agent)
 
     async def discover_agents(self, capabilities, filters: dict | None = None,
-                              max_results: int = 10, namespace: str = "") -> list[AgentInfo]:
-        """Agents with every capability, matching `filters`, healthiest first."""
+                              max_results: int = 10, namespace: str = "",
+                              balanced: bool = False) -> list[AgentInfo]:
+        """Agents with every capability, matching `filters`, healthiest first; with
+        balanced=True a weighted random pick instead (spreads callers over the fleet)."""
         reply = await self._call("DiscoverAgents", pb.DiscoverRequest(
             capabilities=list(capabilities), filters={k: str(v) for k, v in (filters or {}).items()},
-            max_results=max_results, namespace=namespace or self.namespace))
+            max_results=max_results, namespace=namespace or self.namespace,
+            selection=pb.BALANCED if balanced else pb.RANKED))
         return [AgentInfo.from_proto(a) for a in reply.agents]
 
     async def list_agents(self, agent_type: str | int = "", namespace: str = "",
