@@ -4,7 +4,7 @@ ARGV[1] namespace prefix   ARGV[2] results still wanted   ARGV[3] offset: candid
 driver zset already walked   ARGV[4] scan budget: candidates this call may examine
 ARGV[5] driver: index in KEYS of the zset to walk (0 = pick the smallest)
 ARGV[6] filters as JSON, see `matches` in agent.lua
-ARGV[7] origin, a fraction of the driver's size in [0, 1): the walk starts at that rank and
+ARGV[7] optional origin, a fraction of the driver's size in [0, 1): the walk starts at that rank and
 wraps around (0 = from the healthiest, the ranked order; BALANCED Discover passes a random one,
 so every agent is equally often in a window)
 Returns {next offset (-1 when the whole driver is walked), driver index, then score, name,
@@ -32,7 +32,7 @@ local others = {}
 for i = 1, #KEYS do if i ~= driver then others[#others + 1] = KEYS[i] end end
 
 local size = redis.call('ZCARD', KEYS[driver])
-local origin = math.floor(tonumber(ARGV[7]) * size)
+local origin = math.floor(tonumber(ARGV[7] or '0') * size)
 local now = now_ms()
 local reply = {-1, driver}
 local found, examined, hits = 0, 0, 0
