@@ -16,7 +16,7 @@ from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 WINDOW_PER_RESULT = 2
 MIN_WINDOW = 16
 # A new agent's telemetry describes too few calls to judge it: average weight meanwhile.
-WARMUP_MS = 30_000
+DEFAULT_WARMUP_MS = 30_000  # the BALANCE_WARMUP setting
 # Status multipliers: unhealthy agents stay pickable (they may be all there is), but rarely.
 STATUS_FACTOR = {pb.HEALTHY: 1.0, pb.DEGRADED: 0.5, pb.UNHEALTHY: 0.05}
 MIN_WEIGHT = 1e-3  # a success rate of 0 still leaves the agent a last-resort chance
@@ -26,16 +26,17 @@ def window(wanted: int) -> int:
     return max(wanted * WINDOW_PER_RESULT, MIN_WINDOW)
 
 
-def _measured(agent: pb.AgentInfo, now_ms: int) -> bool:
+def _measured(agent: pb.AgentInfo, now_ms: int, warmup_ms: int) -> bool:
     return (agent.telemetry.total_executions > 0
-            and now_ms - agent.registered_at_unix_ms >= WARMUP_MS)
+            and now_ms - agent.registered_at_unix_ms >= warmup_ms)
 
 
-def weights(agents: list[pb.AgentInfo], now_ms: int) -> list[float]:
+def weights(agents: list[pb.AgentInfo], now_ms: int,
+            warmup_ms: int = DEFAULT_WARMUP_MS) -> list[float]:
     """Success rate, times the ratio of the window's mean duration to the agent's (+1 ms so a
     0 ms report is no infinite weight), times the status factor. Unmeasured agents: the mean
     weight of the measured ones (1.0 when none is), times their status factor."""
-    measured = [a for a in agents if _measured(a, now_ms)]
+    measured = [a for a in agents if _measured(a, now_ms, warmup_ms)]
     mean_ms = (sum(a.telemetry.avg_duration_ms for a in measured) / len(measured)
                if measured else 0.0)
     raw = {id(a): a.telemetry.success_rate * (mean_ms + 1.0) / (a.telemetry.avg_duration_ms + 1.0)
@@ -46,10 +47,11 @@ def weights(agents: list[pb.AgentInfo], now_ms: int) -> list[float]:
 
 
 def pick(agents: list[pb.AgentInfo], wanted: int, now_ms: int,
+         warmup_ms: int = DEFAULT_WARMUP_MS,
          rng: random.Random | None = None) -> list[pb.AgentInfo]:
     """`wanted` agents drawn without replacement with probability proportional to weight, in
     draw order: key u^(1/w) per agent, the largest keys win."""
     rng = rng or random
-    keyed = [(rng.random() ** (1.0 / w), i) for i, w in enumerate(weights(agents, now_ms))]
+    keyed = [(rng.random() ** (1.0 / w), i) for i, w in enumerate(weights(agents, now_ms, warmup_ms))]
     keyed.sort(reverse=True)
     return [agents[i] for _, i in keyed[:wanted]]

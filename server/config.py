@@ -34,6 +34,7 @@ class Settings:
     tls_client_ca: str = ""              # set: clients must present a certificate signed by it
     tokens_file: str = ""                # empty: authentication off
     shutdown_grace: float = 10.0         # seconds in-flight calls get on SIGTERM
+    balance_warmup: float = 30.0         # BALANCED Discover: seconds a new agent has average weight
 
     @property
     def heartbeat_timeout_ms(self) -> int:
@@ -73,6 +74,7 @@ ENVIRONMENT = {
     "tls_client_ca": "TLS_CLIENT_CA",
     "tokens_file": "TOKENS_FILE",
     "shutdown_grace": "SHUTDOWN_GRACE",
+    "balance_warmup": "BALANCE_WARMUP",
 }
 
 
@@ -135,6 +137,7 @@ def validate(s: Settings) -> None:
     need(s.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
          "must be DEBUG, INFO, WARNING or ERROR")
     need(0 <= s.shutdown_grace <= 600, "shutdown_grace", "must be 0..600 seconds")
+    need(0 <= s.balance_warmup <= 86400, "balance_warmup", "must be 0..86400 seconds")
     need(bool(s.tls_cert) == bool(s.tls_key), "tls_cert", "and TLS_KEY must be given together")
     need(not s.tls_client_ca or bool(s.tls_cert), "tls_client_ca", "needs TLS_CERT and TLS_KEY")
     if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -249,7 +249,8 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         for ns in namespaces:
             found += await self._discover_in(ns, caps, filters.as_json(), window, origin)
         if balanced:
-            agents = balance.pick([agent for _, agent in found], wanted, int(time.time() * 1000))
+            agents = balance.pick([agent for _, agent in found], wanted, int(time.time() * 1000),
+                                  int(self.settings.balance_warmup * 1000))
             return pb.DiscoverResponse(agents=agents)
         if len(namespaces) > 1:
             found.sort(key=lambda item: (item[0], item[1].agent_id))

@@ -71,7 +71,7 @@ def test_pick_draws_in_proportion_to_weight_without_replacement():
     agents = [agent(1.0), agent(1.0), agent(0.5), agent(0.5)]
     counts = Counter()
     for _ in range(4000):
-        first, second = balance.pick(agents, 2, NOW, rng)
+        first, second = balance.pick(agents, 2, NOW, rng=rng)
         assert first is not second
         counts[[id(a) for a in agents].index(id(first))] += 1
     # first draw: weights 1, 1, .5, .5 -> 1/3, 1/3, 1/6, 1/6
@@ -80,6 +80,19 @@ def test_pick_draws_in_proportion_to_weight_without_replacement():
 
 
 # -- through the server -----------------------------------------------------------------------
+
+async def test_new_agents_get_the_average_weight_while_warming_up(registry):
+    """Default warm-up (30 s): freshly registered agents reporting half the success rate are
+    not judged yet, so they get as many picks as the others."""
+    good = await fleet(registry.stub, 5, prefix="g")
+    poor = await fleet(registry.stub, 5, prefix="p")
+    for name in good:
+        await report(registry.stub, name, 0.9, status=pb.HEALTHY)
+    for name in poor:
+        await report(registry.stub, name, 0.45, status=pb.HEALTHY)
+    counts = await picks(registry.stub, 400, capabilities=["py"], max_results=1)
+    assert sum(counts[n] for n in poor) / 400 == pytest.approx(0.5, abs=0.1)
+
 
 async def test_default_selection_stays_ranked(registry):
     await fleet(registry.stub, 5)
@@ -112,8 +125,8 @@ async def test_balanced_returns_distinct_matching_agents(registry):
         assert all(a.agent_id.split("/")[1].startswith("a") for a in reply.agents)
 
 
-async def test_balanced_gives_less_to_agents_with_half_the_success_rate(registry, monkeypatch):
-    monkeypatch.setattr(balance, "WARMUP_MS", 0)
+@pytest.mark.settings(balance_warmup=0)
+async def test_balanced_gives_less_to_agents_with_half_the_success_rate(registry):
     good = await fleet(registry.stub, 10, prefix="g")
     poor = await fleet(registry.stub, 10, prefix="p")
     # reported HEALTHY: a derived status would make 0.45 UNHEALTHY, weighted down much more
