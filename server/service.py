@@ -7,6 +7,7 @@ WatchAgents -> the change log through watch.py.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -18,11 +19,12 @@ import grpc
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-from . import balance, convert, errors, validation
+from . import agent_card, balance, convert, errors, validation
 from .auth import Auth, Scope
 from .coalesce import HeartbeatPipeline
 from .config import Settings
 from .errors import RpcError
+from .keys import AGENT_CARD_ARG
 from .store import Store
 from .validation import AgentRef, InvalidArgument
 from .watch import Watches
@@ -65,19 +67,27 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
                else AgentRef(validation.namespace(request.namespace), new_agent_name()))
         ns = ref.namespace
         owner = self.auth.check(context, Scope.AGENT, ns)
-        agent_type = validation.agent_type(request.agent_type)
+        # With an Agent Card, agent_type defaults to WORKER and the card fills in the rest.
+        card = agent_card.parse(request.agent_card, list(request.capabilities)) \
+            if request.agent_card else None
+        agent_type = validation.agent_type(request.agent_type or (pb.WORKER if card else 0))
         status = validation.status(request.status) or pb.HEALTHY
         caps = validation.capabilities(request.capabilities)
         meta = validation.metadata(request.metadata)
-        endpoint = validation.endpoint(request.endpoint)
+        endpoint = validation.endpoint(request.endpoint or (card.endpoint if card else ""))
         cluster = validation.short_text(request.cluster, "cluster")
-        version = validation.short_text(request.version, "version")
+        version = validation.short_text(request.version or (card.version if card else ""),
+                                        "version")
+        if card:
+            caps = sorted(set(caps) | set(card.capabilities))
         await self.store.remember_namespace(ns)
         k, name = ref.keys, ref.name
         args = [k.prefix, name, *self._hb_static, agent_type, status, ",".join(caps), endpoint,
                 cluster, version, owner]
         for key, value in meta.items():
             args += (key, value)
+        if card:
+            args += (AGENT_CARD_ARG, card.json)
         _, flat = await self.scripts.register(
             keys=[k.log, k.deadlines, k.agent(name), k.lease(name)], args=args)
         return pb.RegisterResponse(agent_id=ref.agent_id, agent=convert.from_flat(ns, name, flat),
@@ -242,19 +252,27 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         if request.namespace and filters.namespace and request.namespace != filters.namespace:
             raise InvalidArgument("namespace: differs from filters['namespace']")
         namespaces = await self._readable_namespaces(context, request.namespace or filters.namespace)
-        found = []
-        # BALANCED: a window of matches from a random origin in each namespace, then a pick.
-        window, origin = ((balance.window(wanted), random.random()) if balanced
-                          else (wanted, 0.0))
-        for ns in namespaces:
-            found += await self._discover_in(ns, caps, filters.as_json(), window, origin)
         if balanced:
-            agents = balance.pick([agent for _, agent in found], wanted, int(time.time() * 1000),
-                                  int(self.settings.balance_warmup * 1000))
-            return pb.DiscoverResponse(agents=agents)
+            return pb.DiscoverResponse(agents=await self._discover_balanced(
+                namespaces, caps, filters.as_json(), wanted))
+        found = []
+        for ns in namespaces:
+            found += await self._discover_in(ns, caps, filters.as_json(), wanted)
         if len(namespaces) > 1:
             found.sort(key=lambda item: (item[0], item[1].agent_id))
         return pb.DiscoverResponse(agents=[agent for _, agent in found[:wanted]])
+
+    async def _discover_balanced(self, namespaces, caps, filters_json: str, wanted: int):
+        """A weighted pick among windows of matches from random origins (balance.py)."""
+        runs = balance.windows(wanted, random.random())
+        found = {}
+        for ns in namespaces:
+            for part in await asyncio.gather(*(
+                    self._discover_in(ns, caps, filters_json, size, origin)
+                    for size, origin in runs)):
+                found.update((agent.agent_id, agent) for _, agent in part)
+        return balance.pick(list(found.values()), wanted, int(time.time() * 1000),
+                            int(self.settings.balance_warmup * 1000))
 
     async def _readable_namespaces(self, context, chosen: str) -> list[str]:
         """The namespace asked for (the caller must be allowed to read it), or else every

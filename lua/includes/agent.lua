@@ -97,15 +97,20 @@ local function set_lease(P, name, rec, now, timeout_ms)
 end
 
 -- Appends one change to the namespace log; the stream id is the revision. The entry holds the
--- event fields (EF) and then the agent record's own fields, minus its owner. `extra` holds more
+-- event fields (EF) and then the agent record's own fields, minus its owner, and minus its
+-- Agent Card but on REGISTERED and UPDATED (up to 16 KB: not copied on every status change
+-- and removal; a watcher keeps it from the earlier event). `extra` holds more
 -- event fields: the previous status or record, so a watcher whose selector the agent leaves
 -- still hears of it.
 local function append_event(P, maxlen, ev, name, rec, reason, extra)
   local args = {'XADD', P .. K.LOG, 'MAXLEN', '~', maxlen, '*', EF.type, ev, EF.agent, name}
   if reason and reason ~= '' then args[#args + 1] = EF.reason; args[#args + 1] = reason end
   for _, v in ipairs(extra or {}) do args[#args + 1] = v end
+  local card = ev == EV.REGISTERED or ev == EV.UPDATED
   for k, v in pairs(rec or {}) do
-    if k ~= F.owner then args[#args + 1] = k; args[#args + 1] = v end
+    if k ~= F.owner and (card or k ~= F.agent_card) then
+      args[#args + 1] = k; args[#args + 1] = v
+    end
   end
   return redis.call(unpack(args))
 end

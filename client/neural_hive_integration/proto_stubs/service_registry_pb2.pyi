@@ -76,7 +76,7 @@ class AgentTelemetry(_message.Message):
     def __init__(self, success_rate: _Optional[float] = ..., avg_duration_ms: _Optional[float] = ..., total_executions: _Optional[int] = ..., failed_executions: _Optional[int] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("agent_id", "agent_type", "status", "capabilities", "endpoint", "metadata", "namespace", "cluster", "version", "telemetry", "registered_at_unix_ms", "last_heartbeat_unix_ms", "expires_at_unix_ms", "agent_card_json")
+    __slots__ = ("agent_id", "agent_type", "status", "capabilities", "endpoint", "metadata", "namespace", "cluster", "version", "telemetry", "registered_at_unix_ms", "last_heartbeat_unix_ms", "expires_at_unix_ms", "agent_card")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,7 +97,7 @@ class AgentInfo(_message.Message):
     REGISTERED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
-    AGENT_CARD_JSON_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CARD_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     agent_type: AgentType
     status: AgentStatus
@@ -111,8 +111,8 @@ class AgentInfo(_message.Message):
     registered_at_unix_ms: int
     last_heartbeat_unix_ms: int
     expires_at_unix_ms: int
-    agent_card_json: str
-    def __init__(self, agent_id: _Optional[str] = ..., agent_type: _Optional[_Union[AgentType, str]] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., endpoint: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., telemetry: _Optional[_Union[AgentTelemetry, _Mapping]] = ..., registered_at_unix_ms: _Optional[int] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., expires_at_unix_ms: _Optional[int] = ..., agent_card_json: _Optional[str] = ...) -> None: ...
+    agent_card: str
+    def __init__(self, agent_id: _Optional[str] = ..., agent_type: _Optional[_Union[AgentType, str]] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., endpoint: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., telemetry: _Optional[_Union[AgentTelemetry, _Mapping]] = ..., registered_at_unix_ms: _Optional[int] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., expires_at_unix_ms: _Optional[int] = ..., agent_card: _Optional[str] = ...) -> None: ...
 
 class Notification(_message.Message):
     __slots__ = ("notification_id", "agent_id", "kind", "payload", "created_at_unix_ms")
@@ -129,7 +129,7 @@ class Notification(_message.Message):
     def __init__(self, notification_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("agent_type", "capabilities", "metadata", "namespace", "cluster", "version", "endpoint", "agent_id", "status", "agent_card_json")
+    __slots__ = ("agent_type", "capabilities", "metadata", "namespace", "cluster", "version", "endpoint", "agent_id", "status", "agent_card")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,7 +146,7 @@ class RegisterRequest(_message.Message):
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
-    AGENT_CARD_JSON_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CARD_FIELD_NUMBER: _ClassVar[int]
     agent_type: AgentType
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     metadata: _containers.ScalarMap[str, str]
@@ -156,8 +156,8 @@ class RegisterRequest(_message.Message):
     endpoint: str
     agent_id: str
     status: AgentStatus
-    agent_card_json: str
-    def __init__(self, agent_type: _Optional[_Union[AgentType, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., endpoint: _Optional[str] = ..., agent_id: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., agent_card_json: _Optional[str] = ...) -> None: ...
+    agent_card: str
+    def __init__(self, agent_type: _Optional[_Union[AgentType, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., endpoint: _Optional[str] = ..., agent_id: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., agent_card: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("agent_id", "agent", "heartbeat_timeout_ms")
