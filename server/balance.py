@@ -1,10 +1,11 @@
-"""BALANCED Discover: a weighted random pick among windows of matching agents.
+"""BALANCED Discover: a weighted random pick among a window of matching agents.
 
-The windows come from discover.lua walking the driver zset from random origins (wrap-around,
+The window comes from discover.lua walking the driver zset from a random origin (wrap-around,
 so every agent is in as many windows as any other). The driver is in health order, so one
-window holds agents of similar weight: a window of poor agents would hand each of them more
-than its share. Several windows spread evenly over the order mix them (10 agents at half the
-success rate of 90 others: 1.19x their proportional share with one window of 16, see
+contiguous window holds agents of similar weight: a window of poor agents would hand each of
+them more than its share. The window is therefore drawn from RUNS segments spread evenly over
+the order, a few matches from the start of each (10 agents at half the success rate of 90
+others: 1.19x their proportional share with one run of 16, 1.06x with four; see
 benchmarks/RESULTS.md). Weights come from the telemetry the agents
 report; agents without telemetry and agents still warming up get the window's average weight,
 as gRPC weighted round robin (gRFC A58) does with its blackout period. The pick is a weighted
@@ -26,13 +27,11 @@ STATUS_FACTOR = {pb.HEALTHY: 1.0, pb.DEGRADED: 0.5, pb.UNHEALTHY: 0.05}
 MIN_WEIGHT = 1e-3  # a success rate of 0 still leaves the agent a last-resort chance
 
 
-RUNS = 4  # windows per Discover, spread evenly over the health order
+RUNS = 4  # segments of the health order a window is drawn from
 
 
-def windows(wanted: int, origin: float) -> list[tuple[int, float]]:
-    """(matches to fetch, origin as a fraction of the order) of each window."""
-    size = -(-max(wanted * WINDOW_PER_RESULT, MIN_WINDOW) // RUNS)
-    return [(size, (origin + i / RUNS) % 1.0) for i in range(RUNS)]
+def window(wanted: int) -> int:
+    return max(wanted * WINDOW_PER_RESULT, MIN_WINDOW)
 
 
 def _measured(agent: pb.AgentInfo, now_ms: int, warmup_ms: int) -> bool:

@@ -7,7 +7,6 @@ WatchAgents -> the change log through watch.py.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -264,14 +263,11 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
 
     async def _discover_balanced(self, namespaces, caps, filters_json: str, wanted: int):
         """A weighted pick among windows of matches from random origins (balance.py)."""
-        runs = balance.windows(wanted, random.random())
-        found = {}
+        found = []
         for ns in namespaces:
-            for part in await asyncio.gather(*(
-                    self._discover_in(ns, caps, filters_json, size, origin)
-                    for size, origin in runs)):
-                found.update((agent.agent_id, agent) for _, agent in part)
-        return balance.pick(list(found.values()), wanted, int(time.time() * 1000),
+            found += await self._discover_in(ns, caps, filters_json, balance.window(wanted),
+                                             random.random(), balance.RUNS)
+        return balance.pick([agent for _, agent in found], wanted, int(time.time() * 1000),
                             int(self.settings.balance_warmup * 1000))
 
     async def _readable_namespaces(self, context, chosen: str) -> list[str]:
@@ -284,18 +280,21 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         return self.auth.readable(context, await self.store.namespaces())
 
     async def _discover_in(self, ns: str, caps: list[str], filters_json: str, wanted: int,
-                           origin: float = 0.0):
+                           origin: float = 0.0, runs: int = 1):
         """(score, AgentInfo) of `wanted` matches in one namespace, in bounded calls: the best,
-        or with `origin` (0..1) the first after that point of the health order, wrapping."""
+        or the first of each of `runs` segments of the health order rotated to `origin` (0..1)
+        (see discover.lua)."""
         k = validation.AgentRef(ns, "_").keys
         zsets = [k.capability(c) for c in caps] or [k.health]
         found, seen = [], set()
-        rank, driver = 0, 0
-        while rank >= 0 and len(found) < wanted:
+        offsets, driver = [0] * runs, 0
+        while len(found) < wanted and any(o >= 0 for o in offsets):
+            active = sum(o >= 0 for o in offsets)
+            need = -(-(wanted - len(found)) // active)  # per run still walking
             reply = await self.scripts.discover(
-                keys=zsets, args=[k.prefix, min(wanted - len(found), DISCOVER_BATCH), rank,
-                                  DISCOVER_BUDGET, driver, filters_json, repr(origin)])
-            rank, driver = int(reply[0]), int(reply[1])
+                keys=zsets, args=[k.prefix, min(need, DISCOVER_BATCH), ",".join(map(str, offsets)),
+                                  DISCOVER_BUDGET, driver, filters_json, repr(origin), runs])
+            offsets, driver = [int(o) for o in str(reply[0]).split(",")], int(reply[1])
             # Calls see the index at different moments: an agent re-scored in between may
             # show up twice.
             for score, name, flat in zip(reply[2::3], reply[3::3], reply[4::3]):

@@ -145,10 +145,12 @@ async def test_the_card_is_in_registered_and_updated_events_only(registry):
     assert F["agent_card"] not in status and F["agent_card"] not in gone
 
 
-async def test_watchers_receive_the_card_on_registered(registry):
+async def test_watchers_receive_the_card_in_the_snapshot_and_on_registered(registry):
+    await registry.stub.Register(pb.RegisterRequest(agent_id="first", agent_card=card_text()))
     events = registry.stub.WatchAgents(pb.WatchRequest(capability="skill:translate"))
-    first = await events.read()
-    assert first.type == pb.SNAPSHOT_END
+    snapshot = await events.read()
+    assert snapshot.type == pb.SNAPSHOT and json.loads(snapshot.agent.agent_card) == CARD
+    assert (await events.read()).type == pb.SNAPSHOT_END
     await registry.stub.Register(pb.RegisterRequest(agent_id="tr", agent_card=card_text()))
     event = await events.read()
     assert event.type == pb.REGISTERED and json.loads(event.agent.agent_card) == CARD
