@@ -81,15 +81,21 @@ def test_pick_draws_in_proportion_to_weight_without_replacement():
 
 # -- through the server -----------------------------------------------------------------------
 
+async def good_and_poor(stub, count):
+    """`count` agents at success rate 0.9 and `count` at 0.45, all reported HEALTHY (a
+    derived status would make 0.45 UNHEALTHY, weighted down much more)."""
+    good = await fleet(stub, count, prefix="g")
+    poor = await fleet(stub, count, prefix="p")
+    for names, rate in ((good, 0.9), (poor, 0.45)):
+        for name in names:
+            await report(stub, name, rate, status=pb.HEALTHY)
+    return good, poor
+
+
 async def test_new_agents_get_the_average_weight_while_warming_up(registry):
     """Default warm-up (30 s): freshly registered agents reporting half the success rate are
     not judged yet, so they get as many picks as the others."""
-    good = await fleet(registry.stub, 5, prefix="g")
-    poor = await fleet(registry.stub, 5, prefix="p")
-    for name in good:
-        await report(registry.stub, name, 0.9, status=pb.HEALTHY)
-    for name in poor:
-        await report(registry.stub, name, 0.45, status=pb.HEALTHY)
+    _, poor = await good_and_poor(registry.stub, 5)
     counts = await picks(registry.stub, 400, capabilities=["py"], max_results=1)
     assert sum(counts[n] for n in poor) / 400 == pytest.approx(0.5, abs=0.1)
 
@@ -127,13 +133,7 @@ async def test_balanced_returns_distinct_matching_agents(registry):
 
 @pytest.mark.settings(balance_warmup=0)
 async def test_balanced_gives_less_to_agents_with_half_the_success_rate(registry):
-    good = await fleet(registry.stub, 10, prefix="g")
-    poor = await fleet(registry.stub, 10, prefix="p")
-    # reported HEALTHY: a derived status would make 0.45 UNHEALTHY, weighted down much more
-    for name in good:
-        await report(registry.stub, name, 0.9, status=pb.HEALTHY)
-    for name in poor:
-        await report(registry.stub, name, 0.45, status=pb.HEALTHY)
+    good, _ = await good_and_poor(registry.stub, 10)
     counts = await picks(registry.stub, 600, capabilities=["py"], max_results=1)
     share_good = sum(counts[n] for n in good) / 600
     assert share_good == pytest.approx(2 / 3, abs=0.08)
