@@ -19,7 +19,7 @@ from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 
 # Matches fetched per result wanted, and at least this many: room for the randomness to act.
 WINDOW_PER_RESULT = 2
-MIN_WINDOW = 16
+MIN_WINDOW = 12
 # A new agent's telemetry describes too few calls to judge it: average weight meanwhile.
 DEFAULT_WARMUP_MS = 30_000  # the BALANCE_WARMUP setting
 # Status multipliers: unhealthy agents stay pickable (they may be all there is), but rarely.
