@@ -53,8 +53,10 @@ end
 
 local ev, extra = EV.REGISTERED, nil
 if old then
-  local was = to_flat(old)  -- without its card: watchers need the old capabilities, not that
-  for i = 1, #was, 2 do if was[i] == F.agent_card then table.remove(was, i); table.remove(was, i); break end end
+  local was = {}  -- without its card: watchers need the old capabilities, not the card
+  for k, v in pairs(old) do
+    if k ~= F.agent_card then was[#was + 1] = k; was[#was + 1] = v end
+  end
   extra = {EF.old, cjson.encode(was)}
   ev = EV.UPDATED
   rec[F.registered_at] = old[F.registered_at]
