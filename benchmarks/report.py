@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from . import balanced
 from .stats import Result
 
 # Which ceiling each scenario is judged against (same driver, same run).
@@ -120,6 +121,7 @@ def targets(results: list[Result], profile_name: str) -> list[dict]:
             b <= 1024, f"{m.ops:,} agents")
     else:
         add("Redis memory per agent (change log included)", "<= 1024 B", "n/a", None)
+    balanced.targets(by_name, add)
     if profile_name != "full":
         for t in out:
             t["detail"] = (t["detail"] + "; " if t["detail"] else "") + \

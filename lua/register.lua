@@ -4,7 +4,8 @@ ARGV[1] namespace prefix   ARGV[2] agent name   ARGV[3] heartbeat timeout ms
 ARGV[4] log max length     ARGV[5] agent type   ARGV[6] status   ARGV[7] capabilities, comma-joined, sorted
 ARGV[8] endpoint     ARGV[9] cluster  ARGV[10] version
 ARGV[11] owner: the token that registers it ("" when authentication is off)
-ARGV[12..] metadata key, value pairs
+ARGV[12..] metadata key, value pairs; the key "@card" (never a metadata key) carries the
+A2A Agent Card JSON, stored whole in one field
 Returns {outcome, record as flat field/value list}; outcome is "registered", "updated" or
 "unchanged" (a resend of the same request: only the lease is refreshed, nothing is logged).
 An expired agent under the same name is reaped first (EXPIRED, then REGISTERED).
@@ -21,7 +22,10 @@ local rec = {[F.agent_type] = ARGV[5], [F.status] = ARGV[6], [F.registered_at] =
 local optional = {[F.capabilities] = ARGV[7], [F.endpoint] = ARGV[8], [F.cluster] = ARGV[9],
                   [F.version] = ARGV[10], [F.owner] = ARGV[11]}
 for k, v in pairs(optional) do if v ~= '' then rec[k] = v end end
-for i = 12, #ARGV, 2 do rec[K.METADATA .. ARGV[i]] = ARGV[i + 1] end
+for i = 12, #ARGV, 2 do
+  if ARGV[i] == '@card' then rec[F.agent_card] = ARGV[i + 1]
+  else rec[K.METADATA .. ARGV[i]] = ARGV[i + 1] end
+end
 
 -- Fields a re-register may change; telemetry and times are not part of the comparison.
 local function same_identity(a, b)
@@ -49,7 +53,11 @@ end
 
 local ev, extra = EV.REGISTERED, nil
 if old then
-  extra = {EF.old, cjson.encode(to_flat(old))}
+  local was = {}  -- without its card: watchers need the old capabilities, not the card
+  for k, v in pairs(old) do
+    if k ~= F.agent_card then was[#was + 1] = k; was[#was + 1] = v end
+  end
+  extra = {EF.old, cjson.encode(was)}
   ev = EV.UPDATED
   rec[F.registered_at] = old[F.registered_at]
   index_remove(P, name, old)

@@ -36,6 +36,7 @@ class Settings:
     shutdown_grace: float = 10.0         # seconds in-flight calls get on SIGTERM
     share_port: bool = False             # let other processes listen on the same gRPC port
     grpc_reflection: bool = True         # gRPC server reflection (grpcurl list/describe)
+    balance_warmup: float = 30.0         # BALANCED Discover: seconds a new agent has average weight
 
     @property
     def heartbeat_timeout_ms(self) -> int:
@@ -77,6 +78,7 @@ ENVIRONMENT = {
     "shutdown_grace": "SHUTDOWN_GRACE",
     "share_port": "SHARE_PORT",
     "grpc_reflection": "GRPC_REFLECTION",
+    "balance_warmup": "BALANCE_WARMUP",
 }
 
 # Setting -> what `serve --help` says about it (with its variable and default).
@@ -105,6 +107,7 @@ HELP = {
     "share_port": "Let other processes listen on the same gRPC port (SO_REUSEPORT; needs "
                   "REDIS_URL); `serve --workers N` sets it",
     "grpc_reflection": "gRPC server reflection for grpcurl list/describe (true/false)",
+    "balance_warmup": "Seconds a new agent gets the average weight in BALANCED Discover",
 }
 
 
@@ -173,6 +176,7 @@ def validate(s: Settings, given=frozenset()) -> None:
     need(s.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
          "must be DEBUG, INFO, WARNING or ERROR")
     need(0 <= s.shutdown_grace <= 600, "shutdown_grace", "must be 0..600 seconds")
+    need(0 <= s.balance_warmup <= 86400, "balance_warmup", "must be 0..86400 seconds")
     need(bool(s.tls_cert) == bool(s.tls_key), "tls_cert", "and TLS_KEY must be given together")
     need(not s.tls_client_ca or bool(s.tls_cert), "tls_client_ca", "needs TLS_CERT and TLS_KEY")
     need(not s.share_port or bool(s.redis_url), "share_port",

@@ -34,6 +34,7 @@ def agent_info(namespace: str, name: str, rec: dict[str, str]) -> pb.AgentInfo:
         registered_at_unix_ms=int(rec.get(F["registered_at"], 0)),
         last_heartbeat_unix_ms=int(rec.get(F["last_heartbeat"], 0)),
         expires_at_unix_ms=int(rec.get(F["deadline"], 0)),
+        agent_card=rec.get(F["agent_card"], ""),
     )
 
 

@@ -40,7 +40,10 @@ FIELDS = {
     "last_heartbeat": "hb",
     "deadline": "dl",
     "owner": "ow",
+    "agent_card": "ac",   # A2A Agent Card JSON; only in REGISTERED/UPDATED change-log entries
 }
+# Register passes the card among the metadata pairs under this key, which no metadata key can be.
+AGENT_CARD_ARG = "@card"
 METADATA_PREFIX = "m:"
 
 # Change-log entry fields. Upper case, so they never collide with the agent record's fields,

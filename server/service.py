@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import random
 import secrets
 import time
 
@@ -17,18 +18,19 @@ import grpc
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-from . import convert, errors, validation
+from . import agent_card, balance, convert, errors, validation
 from .auth import Auth, Scope
 from .coalesce import HeartbeatPipeline
 from .config import Settings
 from .errors import RpcError
+from .keys import AGENT_CARD_ARG
 from .store import Store
 from .validation import MAX_REASON_LEN, AgentRef, InvalidArgument
 from .watch import Watches
 
-# Bounds on one discover.lua call, so a large or selective Discover never holds Redis for long:
-# candidates examined (~3 us each) and records returned (~10 us each).
-DISCOVER_BUDGET = 200
+# Bounds on one discover.lua call, so a large or selective Discover never holds Redis for long
+# (about 1 ms): candidates examined (~0.4 us each) and records returned (~7 us each).
+DISCOVER_BUDGET = 1500
 DISCOVER_BATCH = 50
 MAX_NOTIFICATIONS_PER_HEARTBEAT = 16
 
@@ -63,19 +65,27 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
                else AgentRef(validation.namespace(request.namespace), new_agent_name()))
         ns = ref.namespace
         owner = self.auth.check(context, Scope.AGENT, ns)
-        agent_type = validation.agent_type(request.agent_type)
+        # With an Agent Card, agent_type defaults to WORKER and the card fills in the rest.
+        card = agent_card.parse(request.agent_card, list(request.capabilities)) \
+            if request.agent_card else None
+        agent_type = validation.agent_type(request.agent_type or (pb.WORKER if card else 0))
         status = validation.status(request.status) or pb.HEALTHY
         caps = validation.capabilities(request.capabilities)
         meta = validation.metadata(request.metadata)
-        endpoint = validation.endpoint(request.endpoint)
+        endpoint = validation.endpoint(request.endpoint or (card.endpoint if card else ""))
         cluster = validation.short_text(request.cluster, "cluster")
-        version = validation.short_text(request.version, "version")
+        version = validation.short_text(request.version or (card.version if card else ""),
+                                        "version")
+        if card:
+            caps = sorted(set(caps) | set(card.capabilities))
         await self.store.remember_namespace(ns)
         k, name = ref.keys, ref.name
         args = [k.prefix, name, *self._hb_static, agent_type, status, ",".join(caps), endpoint,
                 cluster, version, owner]
         for key, value in meta.items():
             args += (key, value)
+        if card:
+            args += (AGENT_CARD_ARG, card.json)
         _, flat = await self.scripts.register(
             keys=[k.log, k.deadlines, k.agent(name), k.lease(name)], args=args)
         return pb.RegisterResponse(agent_id=ref.agent_id, agent=convert.from_flat(ns, name, flat),
@@ -236,15 +246,28 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         wanted = validation.bounded_count(request.max_results, "max_results",
                                           validation.DEFAULT_MAX_RESULTS,
                                           validation.MAX_MAX_RESULTS)
+        balanced = validation.selection(request.selection) == pb.BALANCED
         if request.namespace and filters.namespace and request.namespace != filters.namespace:
             raise InvalidArgument("namespace: differs from filters['namespace']")
         namespaces = await self._readable_namespaces(context, request.namespace or filters.namespace)
+        if balanced:
+            return pb.DiscoverResponse(agents=await self._discover_balanced(
+                namespaces, caps, filters.as_json(), wanted))
         found = []
         for ns in namespaces:
             found += await self._discover_in(ns, caps, filters.as_json(), wanted)
         if len(namespaces) > 1:
             found.sort(key=lambda item: (item[0], item[1].agent_id))
         return pb.DiscoverResponse(agents=[agent for _, agent in found[:wanted]])
+
+    async def _discover_balanced(self, namespaces, caps, filters_json: str, wanted: int):
+        """A weighted pick among windows of matches from random origins (balance.py)."""
+        found = []
+        for ns in namespaces:
+            found += await self._discover_in(ns, caps, filters_json, balance.window(wanted),
+                                             random.random(), balance.RUNS)
+        return balance.pick([agent for _, agent in found], wanted, int(time.time() * 1000),
+                            int(self.settings.balance_warmup * 1000))
 
     async def _readable_namespaces(self, context, chosen: str) -> list[str]:
         """The namespace asked for (the caller must be allowed to read it), or else every
@@ -255,17 +278,22 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
             return [ns]
         return self.auth.readable(context, await self.store.namespaces())
 
-    async def _discover_in(self, ns: str, caps: list[str], filters_json: str, wanted: int):
-        """(score, AgentInfo) of the best `wanted` matches in one namespace, in bounded calls."""
+    async def _discover_in(self, ns: str, caps: list[str], filters_json: str, wanted: int,
+                           origin: float = 0.0, runs: int = 1):
+        """(score, AgentInfo) of `wanted` matches in one namespace, in bounded calls: the best,
+        or the first of each of `runs` segments of the health order rotated to `origin` (0..1)
+        (see discover.lua)."""
         k = validation.AgentRef(ns, "_").keys
         zsets = [k.capability(c) for c in caps] or [k.health]
         found, seen = [], set()
-        rank, driver = 0, 0
-        while rank >= 0 and len(found) < wanted:
+        offsets, driver = [0] * runs, 0
+        while len(found) < wanted and any(o >= 0 for o in offsets):
+            active = sum(o >= 0 for o in offsets)
+            need = -(-(wanted - len(found)) // active)  # per run still walking
             reply = await self.scripts.discover(
-                keys=zsets, args=[k.prefix, min(wanted - len(found), DISCOVER_BATCH), rank,
-                                  DISCOVER_BUDGET, driver, filters_json])
-            rank, driver = int(reply[0]), int(reply[1])
+                keys=zsets, args=[k.prefix, min(need, DISCOVER_BATCH), ",".join(map(str, offsets)),
+                                  DISCOVER_BUDGET, driver, filters_json, repr(origin), runs])
+            offsets, driver = [int(o) for o in str(reply[0]).split(",")], int(reply[1])
             # Calls see the index at different moments: an agent re-scored in between may
             # show up twice.
             for score, name, flat in zip(reply[2::3], reply[3::3], reply[4::3]):

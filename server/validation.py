@@ -182,6 +182,13 @@ def telemetry(t, field: str = "telemetry") -> tuple[str, str, str, str]:
             str(t.failed_executions))
 
 
+def selection(value: int, field: str = "selection") -> int:
+    """The Discover selection mode; UNSPECIFIED is RANKED."""
+    if value not in pb.SelectionMode.values():
+        raise InvalidArgument(f"{field}: unknown selection mode {value}")
+    return value or pb.RANKED
+
+
 def bounded_count(value: int, field: str, default: int, maximum: int) -> int:
     if value == 0:
         return default

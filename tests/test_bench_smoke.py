@@ -23,6 +23,8 @@ SCENARIOS = {
     "memory": ("memory.per_agent",),
     "discover": ("discover.200.1cap", "discover.200.2caps", "discover.200.3caps",
                  "discover.200.2caps+zone"),
+    "balanced": ("discover.balanced.equal", "discover.balanced.half_success",
+                 "discover.balanced.200.2caps.redis"),
     "mixed": ("mixed.heartbeat.alone", "mixed.heartbeat.with_discover"),
     "watch": ("watch.fanout",),
     "expiry": ("expiry.storm", "expiry.among_live"),

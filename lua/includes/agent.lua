@@ -97,15 +97,20 @@ local function set_lease(P, name, rec, now, timeout_ms)
 end
 
 -- Appends one change to the namespace log; the stream id is the revision. The entry holds the
--- event fields (EF) and then the agent record's own fields, minus its owner. `extra` holds more
+-- event fields (EF) and then the agent record's own fields, minus its owner, and minus its
+-- Agent Card but on REGISTERED and UPDATED (up to 16 KB: not copied on every status change
+-- and removal; a watcher keeps it from the earlier event). `extra` holds more
 -- event fields: the previous status or record, so a watcher whose selector the agent leaves
 -- still hears of it.
 local function append_event(P, maxlen, ev, name, rec, reason, extra)
   local args = {'XADD', P .. K.LOG, 'MAXLEN', '~', maxlen, '*', EF.type, ev, EF.agent, name}
   if reason and reason ~= '' then args[#args + 1] = EF.reason; args[#args + 1] = reason end
   for _, v in ipairs(extra or {}) do args[#args + 1] = v end
+  local card = ev == EV.REGISTERED or ev == EV.UPDATED
   for k, v in pairs(rec or {}) do
-    if k ~= F.owner then args[#args + 1] = k; args[#args + 1] = v end
+    if k ~= F.owner and (card or k ~= F.agent_card) then
+      args[#args + 1] = k; args[#args + 1] = v
+    end
   end
   return redis.call(unpack(args))
 end
@@ -158,14 +163,43 @@ local function matches(rec, filters)
   return true
 end
 
--- The record of a live agent that passes the filters and has every capability key, else nil.
-local function select_agent(P, name, now, filters, capability_keys)
-  for _, key in ipairs(capability_keys) do
-    if not redis.call('ZSCORE', key, name) then return nil end
-  end
+-- The record of a live agent that passes the filters, else nil.
+local function load_match(P, name, now, filters)
   local flat = redis.call('HGETALL', P .. K.AGENT .. name)
   if #flat == 0 then return nil end
   local rec = to_map(flat)
   if not is_live(rec, now) or not matches(rec, filters) then return nil end
   return flat
+end
+
+-- The record of a live agent that passes the filters and has every capability key, else nil.
+local function select_agent(P, name, now, filters, capability_keys)
+  for _, key in ipairs(capability_keys) do
+    if not redis.call('ZSCORE', key, name) then return nil end
+  end
+  return load_match(P, name, now, filters)
+end
+
+-- The members of `names` (a ZRANGE reply) that are in every zset of `keys`, in their order:
+-- one ZMSCORE per zset over the survivors so far (C speed per member).
+local function having_all(names, keys)
+  local alive = names
+  for _, key in ipairs(keys) do
+    if #alive == 0 then break end
+    local scores = redis.call('ZMSCORE', key, unpack(alive))
+    local kept = {}
+    for i = 1, #alive do
+      if scores[i] then kept[#kept + 1] = alive[i] end
+    end
+    alive = kept
+  end
+  return alive
+end
+
+-- Candidates to fetch next for `need` more results: from the hit rate seen so far (a prior of
+-- one hit in two), 25% spare; at least 16 and at most 1000 (the ZMSCORE argument count).
+local function chunk_size(need, hits, examined, filtered)
+  if not filtered then return math.max(need, 16) end
+  local rate = (hits + 1) / (examined + 2)
+  return clamp(math.ceil(need / rate * 1.25), 16, 1000)
 end

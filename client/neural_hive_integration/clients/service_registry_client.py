@@ -71,6 +71,7 @@ class AgentInfo:
     registered_at_unix_ms: int = 0
     last_heartbeat_unix_ms: int = 0
     expires_at_unix_ms: int = 0
+    agent_card: str = ""    # A2A Agent Card JSON (README "A2A Agent Cards")
 
     def to_register_request(self) -> pb.RegisterRequest:
         meta = {k: str(v) for k, v in self.metadata.items()}
@@ -80,7 +81,7 @@ class AgentInfo:
             namespace=self.namespace or meta.get("namespace", ""),
             cluster=self.cluster or meta.get("cluster", ""),
             version=self.version or meta.get("version", ""),
-            endpoint=self.endpoint, agent_id=self.agent_id)
+            endpoint=self.endpoint, agent_id=self.agent_id, agent_card=self.agent_card)
 
     @classmethod
     def from_proto(cls, a: pb.AgentInfo) -> "AgentInfo":
@@ -95,7 +96,7 @@ class AgentInfo:
                               "failed_executions": t.failed_executions},
                    registered_at_unix_ms=a.registered_at_unix_ms,
                    last_heartbeat_unix_ms=a.last_heartbeat_unix_ms,
-                   expires_at_unix_ms=a.expires_at_unix_ms)
+                   expires_at_unix_ms=a.expires_at_unix_ms, agent_card=a.agent_card)
 
 
 @dataclass
@@ -252,11 +253,14 @@ class ServiceRegistryClient:
         return AgentInfo.from_proto(reply.agent)
 
     async def discover_agents(self, capabilities, filters: dict | None = None,
-                              max_results: int = 10, namespace: str = "") -> list[AgentInfo]:
-        """Agents with every capability, matching `filters`, healthiest first."""
+                              max_results: int = 10, namespace: str = "",
+                              balanced: bool = False) -> list[AgentInfo]:
+        """Agents with every capability, matching `filters`, healthiest first; with
+        balanced=True a weighted random pick instead (spreads callers over the fleet)."""
         reply = await self._call("DiscoverAgents", pb.DiscoverRequest(
             capabilities=list(capabilities), filters={k: str(v) for k, v in (filters or {}).items()},
-            max_results=max_results, namespace=namespace or self.namespace))
+            max_results=max_results, namespace=namespace or self.namespace,
+            selection=pb.BALANCED if balanced else pb.RANKED))
         return [AgentInfo.from_proto(a) for a in reply.agents]
 
     async def list_agents(self, agent_type: str | int = "", namespace: str = "",

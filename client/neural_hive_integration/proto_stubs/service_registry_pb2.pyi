@@ -34,6 +34,12 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVICTED: _ClassVar[EventType]
     PROGRESS: _ClassVar[EventType]
     NOTIFICATION: _ClassVar[EventType]
+
+class SelectionMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SELECTION_MODE_UNSPECIFIED: _ClassVar[SelectionMode]
+    RANKED: _ClassVar[SelectionMode]
+    BALANCED: _ClassVar[SelectionMode]
 AGENT_TYPE_UNSPECIFIED: AgentType
 WORKER: AgentType
 SCOUT: AgentType
@@ -53,6 +59,9 @@ EXPIRED: EventType
 EVICTED: EventType
 PROGRESS: EventType
 NOTIFICATION: EventType
+SELECTION_MODE_UNSPECIFIED: SelectionMode
+RANKED: SelectionMode
+BALANCED: SelectionMode
 
 class AgentTelemetry(_message.Message):
     __slots__ = ("success_rate", "avg_duration_ms", "total_executions", "failed_executions")
@@ -67,7 +76,7 @@ class AgentTelemetry(_message.Message):
     def __init__(self, success_rate: _Optional[float] = ..., avg_duration_ms: _Optional[float] = ..., total_executions: _Optional[int] = ..., failed_executions: _Optional[int] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("agent_id", "agent_type", "status", "capabilities", "endpoint", "metadata", "namespace", "cluster", "version", "telemetry", "registered_at_unix_ms", "last_heartbeat_unix_ms", "expires_at_unix_ms")
+    __slots__ = ("agent_id", "agent_type", "status", "capabilities", "endpoint", "metadata", "namespace", "cluster", "version", "telemetry", "registered_at_unix_ms", "last_heartbeat_unix_ms", "expires_at_unix_ms", "agent_card")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +97,7 @@ class AgentInfo(_message.Message):
     REGISTERED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CARD_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     agent_type: AgentType
     status: AgentStatus
@@ -101,7 +111,8 @@ class AgentInfo(_message.Message):
     registered_at_unix_ms: int
     last_heartbeat_unix_ms: int
     expires_at_unix_ms: int
-    def __init__(self, agent_id: _Optional[str] = ..., agent_type: _Optional[_Union[AgentType, str]] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., endpoint: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., telemetry: _Optional[_Union[AgentTelemetry, _Mapping]] = ..., registered_at_unix_ms: _Optional[int] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., expires_at_unix_ms: _Optional[int] = ...) -> None: ...
+    agent_card: str
+    def __init__(self, agent_id: _Optional[str] = ..., agent_type: _Optional[_Union[AgentType, str]] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., endpoint: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., telemetry: _Optional[_Union[AgentTelemetry, _Mapping]] = ..., registered_at_unix_ms: _Optional[int] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., expires_at_unix_ms: _Optional[int] = ..., agent_card: _Optional[str] = ...) -> None: ...
 
 class Notification(_message.Message):
     __slots__ = ("notification_id", "agent_id", "kind", "payload", "created_at_unix_ms")
@@ -118,7 +129,7 @@ class Notification(_message.Message):
     def __init__(self, notification_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("agent_type", "capabilities", "metadata", "namespace", "cluster", "version", "endpoint", "agent_id", "status")
+    __slots__ = ("agent_type", "capabilities", "metadata", "namespace", "cluster", "version", "endpoint", "agent_id", "status", "agent_card")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +146,7 @@ class RegisterRequest(_message.Message):
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CARD_FIELD_NUMBER: _ClassVar[int]
     agent_type: AgentType
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     metadata: _containers.ScalarMap[str, str]
@@ -144,7 +156,8 @@ class RegisterRequest(_message.Message):
     endpoint: str
     agent_id: str
     status: AgentStatus
-    def __init__(self, agent_type: _Optional[_Union[AgentType, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., endpoint: _Optional[str] = ..., agent_id: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, str]] = ...) -> None: ...
+    agent_card: str
+    def __init__(self, agent_type: _Optional[_Union[AgentType, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., endpoint: _Optional[str] = ..., agent_id: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., agent_card: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("agent_id", "agent", "heartbeat_timeout_ms")
@@ -209,7 +222,7 @@ class DeregisterResponse(_message.Message):
     def __init__(self, removed: _Optional[bool] = ...) -> None: ...
 
 class DiscoverRequest(_message.Message):
-    __slots__ = ("capabilities", "filters", "max_results", "namespace")
+    __slots__ = ("capabilities", "filters", "max_results", "namespace", "selection")
     class FiltersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -221,11 +234,13 @@ class DiscoverRequest(_message.Message):
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_FIELD_NUMBER: _ClassVar[int]
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     filters: _containers.ScalarMap[str, str]
     max_results: int
     namespace: str
-    def __init__(self, capabilities: _Optional[_Iterable[str]] = ..., filters: _Optional[_Mapping[str, str]] = ..., max_results: _Optional[int] = ..., namespace: _Optional[str] = ...) -> None: ...
+    selection: SelectionMode
+    def __init__(self, capabilities: _Optional[_Iterable[str]] = ..., filters: _Optional[_Mapping[str, str]] = ..., max_results: _Optional[int] = ..., namespace: _Optional[str] = ..., selection: _Optional[_Union[SelectionMode, str]] = ...) -> None: ...
 
 class DiscoverResponse(_message.Message):
     __slots__ = ("agents",)
