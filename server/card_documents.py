@@ -1,27 +1,10 @@
-"""The Agent Card documents an HTTP port serves (not mounted in this branch: gRPC GetAgent
-returns the cards today).
-
-    GET /v1/agents/{namespace}/{name}/agent-card.json -> await agent_card_json(store, f"{ns}/{name}")
-    GET /.well-known/agent-card.json                  -> registry_card(base_url)
-
-Both return JSON text (None: answer 404); the caller applies READ authorisation for the
-agent's namespace first, as GetAgent does.
+"""The registry's own A2A Agent Card, served at /.well-known/agent-card.json (server/http/app.py).
+An agent's card is served by the route table (GET /v1/agents/{agent_id}/agent-card.json).
 """
 from __future__ import annotations
 
 import json
 from importlib import metadata
-
-from . import convert, validation
-from .keys import FIELDS as F
-
-
-async def agent_card_json(store, agent_id: str) -> str | None:
-    """The card a live agent registered with; None when the agent is unknown, expired or has
-    no card. Raises validation.InvalidArgument for a malformed id."""
-    ref = validation.agent_ref(agent_id)
-    flat = await store.scripts.get(keys=[ref.keys.agent(ref.name)])
-    return convert.record(flat).get(F["agent_card"]) or None
 
 
 def _version() -> str:

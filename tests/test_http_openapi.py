@@ -22,7 +22,7 @@ async def test_the_served_document_validates_and_covers_every_route(http):
     validate(spec)
     served = {(method.upper(), path) for path, ops in spec["paths"].items() for method in ops}
     assert served == {(r.method, r.path) for r in ROUTES}
-    assert {r.rpc for r in ROUTES} == {op["operationId"] for ops in spec["paths"].values()
+    assert {r.operation_id for r in ROUTES} == {op["operationId"] for ops in spec["paths"].values()
                                        for op in ops.values()}
 
 

@@ -13,7 +13,7 @@ from ..errors import RpcError, status_of
 from ..validation import InvalidArgument
 from . import codec, sse
 from .context import Aborted, HttpContext, request_token
-from .routes import NDJSON, ROUTES, SSE, Route
+from .routes import CARD, NDJSON, ROUTES, SSE, Route
 from .status import JSON, error_body, error_response
 
 NDJSON_TYPE = "application/x-ndjson"
@@ -29,11 +29,11 @@ class Api:
         self.settings = settings
 
     def add_routes(self, app: web.Application) -> None:
-        serve = {SSE: self._sse, NDJSON: self._ndjson}
+        serve = {SSE: self._sse, NDJSON: self._ndjson, CARD: self._card}
         for route in ROUTES:
             handler = serve.get(route.kind, self._unary)
             app.router.add_route(route.method, route.aiohttp_path,
-                                 _bind(handler, route), name=f"{route.rpc}")
+                                 _bind(handler, route), name=route.operation_id)
 
     def _context(self, request: web.Request, route: Route) -> HttpContext:
         if self.gate.draining:
@@ -52,16 +52,32 @@ class Api:
                                        skip=("access_token",) if route.query_token else ())
         return codec.with_path(route, message, request.match_info)
 
-    async def _unary(self, route: Route, request: web.Request) -> web.StreamResponse:
+    async def _reply(self, route: Route, request: web.Request):
+        """The handler's reply message, or the error response that ends the call."""
         try:
             context = self._context(request, route)
             message = await self._message(request, route)
-            reply = await getattr(self.service, route.rpc)(message, context)
+            return await getattr(self.service, route.rpc)(message, context)
         except Aborted as exc:
             return error_response(exc.code, exc.message)
         except (RpcError, InvalidArgument) as exc:
             return error_response(*status_of(exc))
+
+    async def _unary(self, route: Route, request: web.Request) -> web.StreamResponse:
+        reply = await self._reply(route, request)
+        if isinstance(reply, web.StreamResponse):
+            return reply
         return web.Response(text=codec.dumps(reply), content_type=JSON)
+
+    async def _card(self, route: Route, request: web.Request) -> web.StreamResponse:
+        """GetAgent (its validation and READ scope), answered with the agent's card."""
+        reply = await self._reply(route, request)
+        if isinstance(reply, web.StreamResponse):
+            return reply
+        if not reply.agent.agent_card:
+            return error_response(grpc.StatusCode.NOT_FOUND,
+                                  f"agent_id: {reply.agent.agent_id} registered no agent card")
+        return web.Response(text=reply.agent.agent_card, content_type=JSON)
 
     async def _ndjson(self, route: Route, request: web.Request) -> web.StreamResponse:
         """HeartbeatStream: a body of HeartbeatRequest lines, a reply of {"result": ...} lines

@@ -1,7 +1,8 @@
 """The HTTP port (METRICS_PORT): one aiohttp application in the server's event loop.
 
 Open to anyone who reaches the port: /metrics (Prometheus), /healthz, /readyz, the dashboard's
-files and /v1/openapi.json (none holds registry data). Everything else under /v1/ needs the
+files, /v1/openapi.json and the registry's own A2A card /.well-known/agent-card.json (none
+holds registry data). Everything else under /v1/ needs the
 same bearer tokens and scopes as gRPC."""
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from . import openapi
+from ..card_documents import registry_card
 from ..errors import RpcError, status_of
 from .api import Api
 from .context import request_token
@@ -73,6 +75,7 @@ class HttpApp:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/v1/openapi.json", self.openapi)
+        app.router.add_get("/.well-known/agent-card.json", self.own_card)
         self.api.add_routes(app)
         app.router.add_get("/", self.index)
         app.router.add_get("/dashboard/session", self.session)
@@ -127,6 +130,11 @@ class HttpApp:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=self._openapi, content_type=JSON)
+
+    async def own_card(self, request: web.Request) -> web.Response:
+        """The registry's own A2A Agent Card, its interface the URL it was reached at."""
+        return web.Response(text=registry_card(f"{request.scheme}://{request.host}"),
+                            content_type=JSON)
 
     async def session(self, request: web.Request) -> web.Response:
         """Who the dashboard's token is, so the page offers only what it may do (the server

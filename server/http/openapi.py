@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from .routes import NDJSON, PATH_PARAM, ROUTES, SSE
+from .routes import CARD, NDJSON, PATH_PARAM, ROUTES, SSE
 from .status import HTTP_STATUS
 
 _F = FieldDescriptor
@@ -87,6 +87,9 @@ def _responses(route, schemas: dict) -> dict:
     elif route.kind == NDJSON:
         ok = {"description": 'one {"result": HeartbeatResponse} line per request line',
               "content": {"application/x-ndjson": {"schema": _ref(output.name)}}}
+    elif route.kind == CARD:
+        ok = {"description": "the A2A Agent Card (JSON) the agent registered with",
+              "content": {"application/json": {"schema": {"type": "object"}}}}
     else:
         ok = {"description": output.name,
               "content": {"application/json": {"schema": _ref(output.name)}}}
@@ -114,7 +117,7 @@ def document(title: str = "Service Registry", version: str = "v1") -> dict:
     paths: dict = {}
     for route in ROUTES:
         request = route.method_descriptor.input_type
-        operation = {"operationId": route.rpc, "summary": route.summary,
+        operation = {"operationId": route.operation_id, "summary": route.summary,
                      "tags": ["ServiceRegistry"], "responses": _responses(route, schemas)}
         params = [{"name": PATH_PARAM, "in": "path", "required": True,
                    "description": 'the full id "namespace/name"; the slash may be sent as is '

@@ -9,7 +9,7 @@ from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ServiceRegistry"]
 PATH_PARAM = "agent_id"  # the only path parameter; "namespace/name", its slash kept as is
-UNARY, SSE, NDJSON = "unary", "sse", "ndjson"
+UNARY, SSE, NDJSON, CARD = "unary", "sse", "ndjson", "card"
 
 
 @dataclass(frozen=True)
@@ -19,8 +19,14 @@ class Route:
     rpc: str                # the RegistryService method
     body: bool              # request fields from the JSON body, else from the query string
     summary: str
-    kind: str = UNARY       # unary: JSON reply; sse: text/event-stream; ndjson: one JSON a line
+    kind: str = UNARY       # unary: JSON reply; sse: text/event-stream; ndjson: one JSON a line;
+                            # card: the A2A Agent Card of the GetAgent reply, as registered
     query_token: bool = False  # also accepts ?access_token= (EventSource cannot send headers)
+
+    @property
+    def operation_id(self) -> str:
+        """Unique per route (GetAgent serves two): the OpenAPI operationId and aiohttp name."""
+        return self.rpc + ("AgentCard" if self.kind == CARD else "")
 
     @property
     def method_descriptor(self):
@@ -44,6 +50,9 @@ ROUTES = (
           "Register an agent (or re-register under agent_id)"),
     Route("GET", "/v1/agents", "ListAgents", False,
           "List the agents of a namespace, a page at a time"),
+    # before GetAgent: {agent_id} matches slashes, so the longer path must be tried first
+    Route("GET", "/v1/agents/{agent_id}/agent-card.json", "GetAgent", False,
+          "The A2A Agent Card the agent registered with", kind=CARD),
     Route("GET", "/v1/agents/{agent_id}", "GetAgent", False, "One agent"),
     Route("DELETE", "/v1/agents/{agent_id}", "Deregister", False, "Deregister an agent"),
     Route("POST", "/v1/agents/{agent_id}/heartbeat", "Heartbeat", True,
