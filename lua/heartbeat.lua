@@ -11,11 +11,18 @@ ARGV[15..] ids of notifications the agent acknowledges (deleted from its inbox)
 Returns {status, deadline ms, notifications...}; each notification is {id, kind, payload}.
 A status change appends STATUS_CHANGED; a heartbeat that changes only telemetry logs nothing.
 Resending is harmless: the same telemetry is stored again and the lease moves forward.
-Errors: "NOT_FOUND" for an unknown agent or one past its deadline (reaped here, EXPIRED logged);
+Errors (each before any write): "INVALID_ARGUMENT" for an ack id Redis would refuse;
+"NOT_FOUND" for an unknown agent or one past its deadline (reaped here, EXPIRED logged);
 "PERMISSION_DENIED" when ARGV[13] is set and differs from the agent's owner.
 ]]
 --@include agent.lua
 local P, name, timeout_ms, maxlen = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+for i = 15, #ARGV do
+  if not valid_stream_id(ARGV[i]) then
+    return redis.error_reply('INVALID_ARGUMENT ack_notification_ids: ' ..
+      string.sub(ARGV[i], 1, 40) .. ' is not a notification id')
+  end
+end
 local now = now_ms()
 local old = load_live(P, maxlen, name, now)
 if not old then return redis.error_reply('NOT_FOUND agent is not registered or has expired') end

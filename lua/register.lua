@@ -3,14 +3,16 @@ KEYS[1] log   KEYS[2] deadlines   KEYS[3] agent hash   KEYS[4] lease
 ARGV[1] namespace prefix   ARGV[2] agent name   ARGV[3] heartbeat timeout ms
 ARGV[4] log max length     ARGV[5] agent type   ARGV[6] status   ARGV[7] capabilities, comma-joined, sorted
 ARGV[8] endpoint     ARGV[9] cluster  ARGV[10] version
-ARGV[11] owner: the token that registers it ("" when authentication is off)
+ARGV[11] owner: the agent token that registers it; "" = any owner (an operator token, or
+authentication off), as in heartbeat.lua and deregister.lua: a live agent then keeps its owner
 ARGV[12..] metadata key, value pairs
 Returns {outcome, record as flat field/value list}; outcome is "registered", "updated" or
 "unchanged" (a resend of the same request: only the lease is refreshed, nothing is logged).
 An expired agent under the same name is reaped first (EXPIRED, then REGISTERED).
 The server picks a random 64-bit name for new agents, so a resend after a timeout finds its
 own first attempt and answers "unchanged".
-Errors: "PERMISSION_DENIED" when a live agent of that name belongs to another owner.
+Errors: "PERMISSION_DENIED" when ARGV[11] is set and a live agent of that name belongs to
+another owner.
 ]]
 --@include agent.lua
 local P, name, timeout_ms, maxlen = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -36,9 +38,10 @@ end
 
 local old = load_live(P, maxlen, name, now)
 
-if old and (old[F.owner] or '') ~= ARGV[11] then
+if old and ARGV[11] ~= '' and (old[F.owner] or '') ~= ARGV[11] then
   return redis.error_reply('PERMISSION_DENIED agent belongs to another token')
 end
+if old and ARGV[11] == '' then rec[F.owner] = old[F.owner] end
 
 local key = KEYS[3]
 if old and same_identity(rec, old) and same_identity(old, rec) then

@@ -16,6 +16,7 @@ log = logging.getLogger("service_registry")
 
 # Scripts signal failures with an error reply whose first word names the status.
 _SCRIPT_STATUS = {
+    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
     "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
     "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
     "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,

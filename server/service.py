@@ -96,7 +96,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         if len(request.ack_notification_ids) > validation.MAX_ACKS:
             raise InvalidArgument(f"ack_notification_ids: at most {validation.MAX_ACKS}")
         for nid in request.ack_notification_ids:
-            _stream_id(nid, "ack_notification_ids")
+            validation.stream_id(nid, "ack_notification_ids")
         k, name = ref.keys, ref.name
         keys = (k.log, k.deadlines, k.agent(name), k.lease(name), k.inbox(name))
         args = (k.prefix, name, *self._hb_static, status, "1" if has_telemetry else "0",
@@ -359,25 +359,22 @@ def _failed_heartbeat(request, exc: Exception) -> pb.HeartbeatResponse:
                                 error_message=message)
 
 
-def _stream_id(value: str, field: str) -> str:
-    ms, dash, seq = value.partition("-")
-    if not (ms.isdigit() and dash and seq.isdigit()):
-        raise InvalidArgument(f"{field}: {value[:40]!r} is not a notification id")
-    return value
-
-
 def _encode_page_token(agent_type: int, after: str) -> str:
     raw = json.dumps([agent_type, after], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _decode_page_token(token: str, types: list[int]) -> tuple[int, str]:
+    """Only a token this server could have written: an int type (not True, not 1.0: both
+    equal 1 in Python) among `types`, a valid agent name or "", in the canonical encoding."""
     if not token:
         return types[0], ""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         agent_type, after = json.loads(raw)
-        if agent_type in types and isinstance(after, str):
+        if (type(agent_type) is int and agent_type in types and isinstance(after, str)
+                and (after == "" or validation.agent_name(after, "page_token"))
+                and _encode_page_token(agent_type, after) == token):
             return agent_type, after
     except (ValueError, TypeError, binascii.Error):
         pass

@@ -39,12 +39,7 @@ def revision_key(revision: str) -> tuple[int, int]:
 
 
 def parse_revision(value: str) -> str:
-    try:
-        ms, seq = revision_key(value)
-    except ValueError:
-        raise validation.InvalidArgument(
-            f"since_revision: {value[:40]!r} is not a revision") from None
-    return f"{ms}-{seq}"
+    return validation.stream_id(value, "since_revision", seq_required=False)
 
 
 def matches(rec: dict[str, str], clauses) -> bool:

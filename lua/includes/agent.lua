@@ -14,6 +14,18 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A stream id Redis accepts: "<ms>-<seq>", each part at most 2^64 - 1 (compared as text:
+-- Lua numbers are doubles and cannot hold it).
+local U64_MAX = '18446744073709551615'
+local function u64_text(s)
+  s = string.gsub(s, '^0+(%d)', '%1')
+  return #s < 20 or (#s == 20 and s <= U64_MAX)
+end
+local function valid_stream_id(id)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  return ms ~= nil and u64_text(ms) and u64_text(seq)
+end
+
 local function to_map(flat)
   local m = {}
   for i = 1, #flat, 2 do m[flat[i]] = flat[i + 1] end
