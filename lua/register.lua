@@ -5,7 +5,8 @@ ARGV[4] log max length     ARGV[5] agent type   ARGV[6] status   ARGV[7] capabil
 ARGV[8] endpoint     ARGV[9] cluster  ARGV[10] version
 ARGV[11] owner: the agent token that registers it; "" = any owner (an operator token, or
 authentication off), as in heartbeat.lua and deregister.lua: a live agent then keeps its owner
-ARGV[12..] metadata key, value pairs
+ARGV[12] registry silence (ms) that counts as an outage, 0 = no outage protection
+ARGV[13..] metadata key, value pairs
 Returns {outcome, record as flat field/value list}; outcome is "registered", "updated" or
 "unchanged" (a resend of the same request: only the lease is refreshed, nothing is logged).
 An expired agent under the same name is reaped first (EXPIRED, then REGISTERED).
@@ -23,12 +24,13 @@ local rec = {[F.agent_type] = ARGV[5], [F.status] = ARGV[6], [F.registered_at] =
 local optional = {[F.capabilities] = ARGV[7], [F.endpoint] = ARGV[8], [F.cluster] = ARGV[9],
                   [F.version] = ARGV[10], [F.owner] = ARGV[11]}
 for k, v in pairs(optional) do if v ~= '' then rec[k] = v end end
-for i = 12, #ARGV, 2 do rec[K.METADATA .. ARGV[i]] = ARGV[i + 1] end
+for i = 13, #ARGV, 2 do rec[K.METADATA .. ARGV[i]] = ARGV[i + 1] end
 
 -- Fields a re-register may change; telemetry and times are not part of the comparison.
 local function same_identity(a, b)
   for k, v in pairs(a) do
     local timing = k == F.registered_at or k == F.last_heartbeat or k == F.deadline
+                   or k == F.moved
     local telemetry = k == F.success_rate or k == F.avg_duration_ms or k == F.total_executions
                       or k == F.failed_executions
     if not timing and not telemetry and b[k] ~= v then return false end
@@ -36,17 +38,20 @@ local function same_identity(a, b)
   return true
 end
 
-local old = load_live(P, maxlen, name, now)
+local outage = detect_outage(P, now, tonumber(ARGV[12]))
+local old = load_live(P, maxlen, name, now, outage or recorded_outage(P))
 
 if old and ARGV[11] ~= '' and (old[F.owner] or '') ~= ARGV[11] then
   return redis.error_reply('PERMISSION_DENIED agent belongs to another token')
 end
 if old and ARGV[11] == '' then rec[F.owner] = old[F.owner] end
+record_activity(P, maxlen, now, outage)
 
 local key = KEYS[3]
 if old and same_identity(rec, old) and same_identity(old, rec) then
   set_lease(P, name, old, now, timeout_ms)
   redis.call('HSET', key, F.last_heartbeat, old[F.last_heartbeat], F.deadline, old[F.deadline])
+  if old[F.moved] then redis.call('HDEL', key, F.moved) end
   return {'unchanged', to_flat(old)}
 end
 

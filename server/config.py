@@ -34,6 +34,7 @@ class Settings:
     tls_client_ca: str = ""              # set: clients must present a certificate signed by it
     tokens_file: str = ""                # empty: authentication off
     shutdown_grace: float = 10.0         # seconds in-flight calls get on SIGTERM
+    outage_protection: bool = True       # no mass expiry after the registry itself was down
 
     @property
     def heartbeat_timeout_ms(self) -> int:
@@ -73,6 +74,7 @@ ENVIRONMENT = {
     "tls_client_ca": "TLS_CLIENT_CA",
     "tokens_file": "TOKENS_FILE",
     "shutdown_grace": "SHUTDOWN_GRACE",
+    "outage_protection": "OUTAGE_PROTECTION",
 }
 
 

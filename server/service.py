@@ -22,6 +22,7 @@ from .auth import Auth, Scope
 from .coalesce import HeartbeatPipeline
 from .config import Settings
 from .errors import RpcError
+from .expiry import outage_quiet_ms
 from .store import Store
 from .validation import AgentRef, InvalidArgument
 from .watch import Watches
@@ -49,6 +50,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         self.on_unavailable = on_unavailable or (lambda: None)
         self._hb_static = (str(settings.heartbeat_timeout_ms), str(settings.log_max_events))
         self._thresholds = (repr(settings.unhealthy_below), repr(settings.degraded_below))
+        self._quiet = str(outage_quiet_ms(settings))
         # real Redis only: the embedded store has no socket to pipeline on
         self._hb_pipeline = (None if store.embedded
                              else HeartbeatPipeline(store.redis, store.scripts.heartbeat))
@@ -71,15 +73,17 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         endpoint = validation.endpoint(request.endpoint)
         cluster = validation.short_text(request.cluster, "cluster")
         version = validation.short_text(request.version, "version")
-        await self.store.remember_namespace(ns)
         k, name = ref.keys, ref.name
         args = [k.prefix, name, *self._hb_static, agent_type, status, ",".join(caps), endpoint,
-                cluster, version, owner]
+                cluster, version, owner, self._quiet]
         for key, value in meta.items():
             args += (key, value)
-        _, flat = await self.scripts.register(
+        outcome, flat = await self.scripts.register(
             keys=[k.log, k.deadlines, k.agent(name), k.lease(name)], args=args)
-        return pb.RegisterResponse(agent_id=ref.agent_id, agent=convert.from_flat(ns, name, flat),
+        agent = convert.from_flat(ns, name, flat)
+        if outcome == "registered":  # another slot than the namespace's: after the script
+            await self.store.agent_created(ns, agent.expires_at_unix_ms)
+        return pb.RegisterResponse(agent_id=ref.agent_id, agent=agent,
                                    heartbeat_timeout_ms=self.settings.heartbeat_timeout_ms)
 
     # -- Heartbeat (unary, keep-alive stream, batch) ----------------------------------------
@@ -101,7 +105,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         keys = (k.log, k.deadlines, k.agent(name), k.lease(name), k.inbox(name))
         args = (k.prefix, name, *self._hb_static, status, "1" if has_telemetry else "0",
                 *telemetry, *self._thresholds, owner, MAX_NOTIFICATIONS_PER_HEARTBEAT,
-                *request.ack_notification_ids)
+                self._quiet, *request.ack_notification_ids)
         if client is None and self._hb_pipeline is not None:
             return ref, self._hb_pipeline.call(keys, args)
         return ref, self.scripts.heartbeat(keys=keys, args=args, client=client)

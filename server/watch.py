@@ -30,6 +30,8 @@ READ_COUNT = 500
 CATCH_UP_CHUNK = 1000
 SNAPSHOT_PAGE = 500
 NOTIFICATION = pb.NOTIFICATION
+PROGRESS = pb.PROGRESS   # logged with a reason when a registry outage is recorded: for everyone
+RESET_MESSAGE = "the store was reset (its data is gone); re-list"
 _EVENT_FIELD_NAMES = frozenset(EF.values())
 
 
@@ -123,6 +125,8 @@ class Selector:
         return matches(rec, self.clauses)
 
     def wants(self, event: Event) -> bool:
+        if event.type == PROGRESS:
+            return True
         if self.name and event.name != self.name:
             return False
         if event.type == NOTIFICATION:
@@ -174,18 +178,23 @@ class Feed:
     async def _follow(self) -> None:
         client = self.store.client(socket_timeout=BLOCK_MS / 1000 + 5)
         delay = 0.1
+        reconnected = False
         try:
             while True:
                 if not self.watchers:
                     self.closed = True
                     return
                 try:
+                    if reconnected and await self._was_reset():
+                        return
+                    reconnected = False
                     reply = await client.xread({self.log_key: self.position}, count=READ_COUNT,
                                                block=BLOCK_MS)
                     delay = 0.1
                 except REDIS_DOWN as exc:
                     log.warning("watch feed %s: redis unreachable (%s); retrying", self.namespace,
                                 exc)
+                    reconnected = True
                     await asyncio.sleep(delay)  # back off while Redis is down
                     delay = min(delay * 2, 2.0)
                     continue
@@ -199,6 +208,36 @@ class Feed:
             await client.aclose()
 
 
+    async def _was_reset(self) -> bool:
+        """After Redis was unreachable: did it come back without its data (the store's epoch
+        changed), or with an older copy of this log (restored from a stale snapshot)? Either
+        way the watchers' view is wrong: they are ended with OUT_OF_RANGE and must re-list."""
+        if await self.store.check_reset():
+            return True  # the store's listener ended every feed
+        last = await last_generated(self.store.redis, self.log_key)
+        if revision_key(last) < revision_key(self.position):
+            log.warning("watch feed %s: the log went back from %s to %s; watchers must re-list",
+                        self.namespace, self.position, last)
+            self.end(RpcError(grpc.StatusCode.OUT_OF_RANGE, RESET_MESSAGE))
+            return True
+        return False
+
+    def end(self, error: RpcError) -> None:
+        self.closed = True
+        for watcher in tuple(self.watchers):
+            watcher.end(error)
+
+
+async def last_generated(redis, log_key: str) -> str:
+    """The last id the log ever generated ("0-0" without a log)."""
+    try:
+        return (await redis.xinfo_stream(log_key)).get("last-generated-id") or "0-0"
+    except ResponseError as exc:
+        if "no such key" not in str(exc).lower():
+            raise
+        return "0-0"
+
+
 async def last_revision(redis, log_key: str) -> str:
     last = await redis.xrevrange(log_key, count=1)
     return last[0][0] if last else ""
@@ -210,6 +249,12 @@ class Watches:
         self.store = store
         self.feeds: dict[str, Feed] = {}
         self.closing: RpcError | None = None
+        store.on_reset(self._store_reset)
+
+    def _store_reset(self) -> None:
+        """Every open watch's view is wrong now: OUT_OF_RANGE, re-list (the client's watch()
+        does that by itself)."""
+        self._end_all(RpcError(grpc.StatusCode.OUT_OF_RANGE, RESET_MESSAGE))
 
     async def _join(self, namespace: str, watcher: Watcher) -> Feed:
         feed = self.feeds.get(namespace)
@@ -236,10 +281,12 @@ class Watches:
         """Ends every stream with UNAVAILABLE (clients resume from their revision elsewhere)
         and stops the log readers."""
         self.closing = RpcError(grpc.StatusCode.UNAVAILABLE, message)
+        self._end_all(self.closing)
+
+    def _end_all(self, error: RpcError) -> None:
         for feed in self.feeds.values():
-            for watcher in tuple(feed.watchers):
-                watcher.end(self.closing)
-            if feed.task is not None:
+            feed.end(error)
+            if feed.task is not None and feed.task is not asyncio.current_task():
                 feed.task.cancel()
         self.feeds.clear()
 
@@ -328,10 +375,16 @@ class Watches:
                            "reset); re-list")
         first = info.get("first-entry")
         trimmed = int(info.get("entries-added") or 0) > int(info.get("length") or 0)
-        if trimmed and first and revision_key(first[0]) > since_key:
+        if first and revision_key(first[0]) > since_key:
+            if trimmed:
+                raise RpcError(grpc.StatusCode.OUT_OF_RANGE,
+                               f"since_revision: {since} is compacted, re-list (the log keeps "
+                               f"about {self.settings.log_max_events} events)")
+            if since_key == (0, 0):
+                return  # from the start of an empty log: nothing was missed
+            # Never trimmed, yet it starts after the revision: a new log, the store was reset.
             raise RpcError(grpc.StatusCode.OUT_OF_RANGE,
-                           f"since_revision: {since} is compacted, re-list (the log keeps "
-                           f"about {self.settings.log_max_events} events)")
+                           f"since_revision: {since} is older than the log; {RESET_MESSAGE}")
 
     async def _snapshot(self, namespace: str, selector: Selector):
         scripts = self.store.scripts

@@ -47,7 +47,7 @@ async def test_heartbeat_script_validates_ack_ids_before_its_first_write(registr
         await registry.server.store.scripts.heartbeat(
             keys=[k.log, k.deadlines, k.agent(name), k.lease(name), k.inbox(name)],
             args=[k.prefix, name, 60000, 100000, pb.UNHEALTHY, 0, 0, 0, 0, 0, 0.5, 0.9, "",
-                  16, f"1-{TOO_BIG}"])
+                  16, 0, f"1-{TOO_BIG}"])
     assert str(err.value).startswith("INVALID_ARGUMENT ack_notification_ids")
     assert await registry.redis.hgetall(k.agent(name)) == record
     assert await log_events(registry) == before
