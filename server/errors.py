@@ -1,6 +1,7 @@
 """Maps failures to gRPC status codes and records every call's outcome and latency."""
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -32,6 +33,30 @@ class RpcError(Exception):
         self.code = code
 
 
+class InFlight:
+    """Calls inside a ServiceRegistry handler right now, so a drain knows when they are done."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: asyncio.Event | None = None
+
+    def enter(self) -> None:
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        if self.count:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+
+IN_FLIGHT = InFlight()
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, RpcError):
         return exc.code, str(exc)
@@ -60,6 +85,7 @@ def unary(operation: str, on_unavailable=None):
         @functools.wraps(handler)
         async def call(self, request, context):
             start = time.perf_counter()
+            IN_FLIGHT.enter()
             try:
                 reply = await handler(self, request, context)
             except grpc.aio.AbortError:
@@ -70,6 +96,8 @@ def unary(operation: str, on_unavailable=None):
                 if code == grpc.StatusCode.UNAVAILABLE and on_unavailable:
                     on_unavailable(self)
                 await context.abort(code, message)
+            finally:
+                IN_FLIGHT.leave()
             metrics.observe(operation, "ok", time.perf_counter() - start)
             return reply
         return call
@@ -82,6 +110,7 @@ def streaming(operation: str):
         @functools.wraps(handler)
         async def call(self, request, context):
             start = time.perf_counter()
+            IN_FLIGHT.enter()
             try:
                 async for item in handler(self, request, context):
                     yield item
@@ -91,6 +120,8 @@ def streaming(operation: str):
                 code, message = status_of(exc)
                 metrics.observe(operation, outcome_of(code), time.perf_counter() - start)
                 await context.abort(code, message)
+            finally:
+                IN_FLIGHT.leave()
             metrics.observe(operation, "ok", time.perf_counter() - start)
         return call
     return wrap
