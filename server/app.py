@@ -267,11 +267,21 @@ class Server:
             await self._probe()
 
     async def _gauges_forever(self) -> None:
+        """Agents per namespace, for the namespaces that hold agents (one pipelined round trip);
+        a namespace forgotten since (it has none left) loses its series."""
+        shown: set[str] = set()
         while True:
             try:
-                for ns in await self.store.namespaces():
-                    count = await self.store.redis.zcard(keys.namespace(ns).health)
+                namespaces = await self.store.namespaces()
+                async with self.store.redis.pipeline(transaction=False) as pipe:
+                    for ns in namespaces:
+                        pipe.zcard(keys.namespace(ns).health)
+                    counts = await pipe.execute()
+                for ns, count in zip(namespaces, counts):
                     metrics.AGENTS.labels(ns).set(count)
+                for ns in shown - set(namespaces):
+                    metrics.AGENTS.remove(ns)
+                shown = set(namespaces)
             except Exception:  # noqa: BLE001 - a gauge is best effort
                 pass
             await asyncio.sleep(GAUGE_INTERVAL)

@@ -17,7 +17,7 @@ import grpc
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-from . import convert, errors, validation
+from . import convert, errors, keys, validation
 from .auth import Auth, Scope
 from .coalesce import HeartbeatPipeline
 from .config import Settings
@@ -33,6 +33,7 @@ DISCOVER_BUDGET = 200
 DISCOVER_BATCH = 50
 MAX_NOTIFICATIONS_PER_HEARTBEAT = 16
 MAX_REASON_LEN = 256
+LAST_AGENT_REMOVED = 2   # deregister.lua: the namespace has no agent left
 
 
 def new_agent_name() -> str:
@@ -203,6 +204,8 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         ref = validation.agent_ref(request.agent_id)
         owner = self.auth.check(context, Scope.AGENT, ref.namespace)
         removed = await self._deregister_call(ref, "deregistered", "", owner)
+        if removed == LAST_AGENT_REMOVED:
+            await self.store.forget_if_empty(ref.namespace)
         return pb.DeregisterResponse(removed=bool(removed))
 
     @errors.unary("evict", on_unavailable=_redis_down)
@@ -221,6 +224,8 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
             for ref in refs:
                 await self._deregister_call(ref, "evicted", request.reason, "", client=pipe)
             removed = await pipe.execute()
+        for ns in {r.namespace for r, n in zip(refs, removed) if n == LAST_AGENT_REMOVED}:
+            await self.store.forget_if_empty(ns)
         return pb.EvictResponse(evicted_ids=[r.agent_id for r, n in zip(refs, removed) if n])
 
     # -- Reads ------------------------------------------------------------------------------
@@ -244,6 +249,8 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         if request.namespace and filters.namespace and request.namespace != filters.namespace:
             raise InvalidArgument("namespace: differs from filters['namespace']")
         namespaces = await self._readable_namespaces(context, request.namespace or filters.namespace)
+        if len(namespaces) > 1 and caps:
+            namespaces = await self._namespaces_with(namespaces, caps[0])
         found = []
         for ns in namespaces:
             found += await self._discover_in(ns, caps, filters.as_json(), wanted)
@@ -259,6 +266,16 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
             self.auth.check(context, Scope.READ, ns)
             return [ns]
         return self.auth.readable(context, await self.store.namespaces())
+
+    async def _namespaces_with(self, namespaces: list[str], capability: str) -> list[str]:
+        """Those of `namespaces` with an agent having `capability`: one pipelined ZCARD each,
+        one round trip, so a Discover across namespaces runs its script only where it can
+        find something."""
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for ns in namespaces:
+                pipe.zcard(keys.namespace(ns).capability(capability))
+            counts = await pipe.execute()
+        return [ns for ns, n in zip(namespaces, counts) if n]
 
     async def _discover_in(self, ns: str, caps: list[str], filters_json: str, wanted: int):
         """(score, AgentInfo) of the best `wanted` matches in one namespace, in bounded calls."""
