@@ -1,8 +1,8 @@
 """WatchAgents: the namespace change log (a Redis Stream) fanned out to watchers.
 
-One reader task per namespace per process follows the log with XREAD BLOCK and hands each
-entry to every watcher of that namespace; a watcher has a bounded buffer and is cut off with
-RESOURCE_EXHAUSTED when it overflows. A watcher resumes from any revision still in the log:
+Log readers follow the logs of the watched namespaces, up to STREAMS_PER_READER per XREAD
+BLOCK on one connection, and hand each entry to every watcher of its namespace; a watcher has
+a bounded buffer and is cut off with RESOURCE_EXHAUSTED when it overflows. A watcher resumes from any revision still in the log:
 it joins the live feed first, then reads the log from its revision up to where the feed stood,
 so nothing falls between the two.
 """
@@ -25,7 +25,8 @@ from .store import Store
 
 log = logging.getLogger("service_registry")
 
-BLOCK_MS = 1000
+BLOCK_MS = 250          # a reader's XREAD BLOCK: also how soon it follows a newly added log
+STREAMS_PER_READER = 256
 READ_COUNT = 500
 CATCH_UP_CHUNK = 1000
 SNAPSHOT_PAGE = 500
@@ -158,7 +159,7 @@ class Watcher:
 
 
 class Feed:
-    """Follows one namespace's log for every watcher of it in this process."""
+    """One namespace's log, for every watcher of it in this process; a LogReader follows it."""
 
     def __init__(self, store: Store, namespace: str):
         self.store = store
@@ -167,53 +168,22 @@ class Feed:
         self.watchers: set[Watcher] = set()
         self.position = "0-0"   # last revision handed to watchers
         self.ready = asyncio.Event()
-        self.task: asyncio.Task | None = None
-        self.closed = False     # set, without awaiting, when the last watcher has left
+        self.closed = False     # set, without awaiting, once no reader follows it
 
     async def start(self) -> None:
         self.position = await last_revision(self.store.redis, self.log_key) or "0-0"
         self.ready.set()
-        self.task = asyncio.create_task(self._follow(), name=f"watch-feed-{self.namespace}")
 
-    async def _follow(self) -> None:
-        client = self.store.client(socket_timeout=BLOCK_MS / 1000 + 5)
-        delay = 0.1
-        reconnected = False
-        try:
-            while True:
-                if not self.watchers:
-                    self.closed = True
-                    return
-                try:
-                    if reconnected and await self._was_reset():
-                        return
-                    reconnected = False
-                    reply = await client.xread({self.log_key: self.position}, count=READ_COUNT,
-                                               block=BLOCK_MS)
-                    delay = 0.1
-                except REDIS_DOWN as exc:
-                    log.warning("watch feed %s: redis unreachable (%s); retrying", self.namespace,
-                                exc)
-                    reconnected = True
-                    await asyncio.sleep(delay)  # back off while Redis is down
-                    delay = min(delay * 2, 2.0)
-                    continue
-                for _, entries in reply or ():
-                    for revision, fields in entries:
-                        event = Event(revision, fields)
-                        self.position = revision
-                        for watcher in tuple(self.watchers):
-                            watcher.offer(event)
-        finally:
-            await client.aclose()
+    def deliver(self, entries) -> None:
+        for revision, fields in entries:
+            event = Event(revision, fields)
+            self.position = revision
+            for watcher in tuple(self.watchers):
+                watcher.offer(event)
 
-
-    async def _was_reset(self) -> bool:
-        """After Redis was unreachable: did it come back without its data (the store's epoch
-        changed), or with an older copy of this log (restored from a stale snapshot)? Either
-        way the watchers' view is wrong: they are ended with OUT_OF_RANGE and must re-list."""
-        if await self.store.check_reset():
-            return True  # the store's listener ended every feed
+    async def went_back(self) -> bool:
+        """After Redis was unreachable: did it come back with an older copy of this log
+        (restored from a stale snapshot)? Then the watchers' view is wrong: OUT_OF_RANGE."""
         last = await last_generated(self.store.redis, self.log_key)
         if revision_key(last) < revision_key(self.position):
             log.warning("watch feed %s: the log went back from %s to %s; watchers must re-list",
@@ -226,6 +196,80 @@ class Feed:
         self.closed = True
         for watcher in tuple(self.watchers):
             watcher.end(error)
+
+
+class LogReader:
+    """Follows up to STREAMS_PER_READER namespace logs with one XREAD BLOCK on one connection,
+    so N watched namespaces hold N / STREAMS_PER_READER Redis connections, not N. A feed added
+    while the XREAD blocks is read from its position on the next call (within BLOCK_MS), so
+    nothing is missed. (Redis Cluster refuses a multi-key XREAD across slots: there a reader
+    will follow the namespaces of one slot.)"""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.feeds: dict[str, Feed] = {}
+        self.task: asyncio.Task | None = None
+
+    @property
+    def full(self) -> bool:
+        return len(self.feeds) >= STREAMS_PER_READER
+
+    def add(self, feed: Feed) -> None:
+        self.feeds[feed.log_key] = feed
+        if self.task is None:
+            self.task = asyncio.create_task(self._follow(), name="watch-log-reader")
+
+    def stop(self) -> None:
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+        self.task = None
+
+    def _prune(self) -> None:
+        for key, feed in tuple(self.feeds.items()):
+            if feed.closed or not feed.watchers:
+                feed.closed = True
+                del self.feeds[key]
+
+    async def _follow(self) -> None:
+        client = self.store.client(socket_timeout=BLOCK_MS / 1000 + 5)
+        delay = 0.1
+        reconnected = False
+        try:
+            while True:
+                self._prune()
+                if not self.feeds:
+                    self.task = None  # before any await: add() starts a new task
+                    return
+                try:
+                    if reconnected:
+                        reconnected = False
+                        if await self.store.check_reset():
+                            return  # the store's listener ended every feed
+                        for feed in tuple(self.feeds.values()):
+                            await feed.went_back()
+                        continue
+                    reply = await client.xread({k: f.position for k, f in self.feeds.items()},
+                                               count=READ_COUNT, block=BLOCK_MS)
+                    delay = 0.1
+                except REDIS_DOWN as exc:
+                    log.warning("watch log reader: redis unreachable (%s); retrying", exc)
+                    reconnected = True
+                    await asyncio.sleep(delay)  # back off while Redis is down
+                    delay = min(delay * 2, 2.0)
+                    continue
+                for key, entries in reply or ():
+                    feed = self.feeds.get(key)
+                    if feed is not None:
+                        feed.deliver(entries)
+        except Exception as exc:  # noqa: BLE001 - its watchers resume, on a new reader
+            log.exception("watch log reader failed")
+            for feed in self.feeds.values():
+                feed.end(RpcError(grpc.StatusCode.UNAVAILABLE, f"watch reader failed ({exc}); "
+                                  "resume from your last revision"))
+            self.feeds.clear()
+            self.task = None
+        finally:
+            await client.aclose()
 
 
 async def last_generated(redis, log_key: str) -> str:
@@ -248,6 +292,7 @@ class Watches:
         self.settings = settings
         self.store = store
         self.feeds: dict[str, Feed] = {}
+        self.readers: list[LogReader] = []
         self.closing: RpcError | None = None
         store.on_reset(self._store_reset)
 
@@ -258,7 +303,7 @@ class Watches:
 
     async def _join(self, namespace: str, watcher: Watcher) -> Feed:
         feed = self.feeds.get(namespace)
-        if feed is None or feed.closed or (feed.task is not None and feed.task.done()):
+        if feed is None or feed.closed:
             feed = Feed(self.store, namespace)
             self.feeds[namespace] = feed
             feed.watchers.add(watcher)
@@ -267,11 +312,21 @@ class Watches:
             except BaseException:
                 self.feeds.pop(namespace, None)
                 raise
+            self._reader().add(feed)
         else:
             await feed.ready.wait()
             feed.watchers.add(watcher)
         metrics.WATCHERS.inc()
         return feed
+
+    def _reader(self) -> LogReader:
+        self.readers = [r for r in self.readers if r.feeds or r.task is not None]
+        for reader in self.readers:
+            if not reader.full:
+                return reader
+        reader = LogReader(self.store)
+        self.readers.append(reader)
+        return reader
 
     def _leave(self, feed: Feed, watcher: Watcher) -> None:
         feed.watchers.discard(watcher)
@@ -286,9 +341,10 @@ class Watches:
     def _end_all(self, error: RpcError) -> None:
         for feed in self.feeds.values():
             feed.end(error)
-            if feed.task is not None and feed.task is not asyncio.current_task():
-                feed.task.cancel()
+        for reader in self.readers:
+            reader.stop()
         self.feeds.clear()
+        self.readers.clear()
 
     async def watch(self, namespace: str, request: pb.WatchRequest, context):
         if self.closing:

@@ -62,3 +62,19 @@ async def test_discover_across_namespaces_finds_agents_only_where_they_are(regis
     assert [a.agent_id for a in found.agents] == ["n3/a"]
     found = await registry.stub.DiscoverAgents(pb.DiscoverRequest(capabilities=["go"]))
     assert sorted(a.agent_id for a in found.agents) == ["n2/a", "n3/a"]
+
+
+WATCHED = 300
+
+
+async def test_watches_of_many_namespaces_share_a_few_redis_connections(redis_registry):
+    reg = redis_registry
+    streams = [(await open_watch(reg.stub, namespace=f"w{i}"))[0] for i in range(WATCHED)]
+    connections = len(await reg.redis.client_list())
+    assert connections < 40, connections  # one XREAD per 256 namespaces, not one per namespace
+    await asyncio.gather(*(reg.stub.Register(register_request(agent_id="a", namespace=f"w{i}"))
+                           for i in range(WATCHED)))
+    for i, stream in enumerate(streams):
+        events = await take_until(stream, lambda ev: ev[-1].type == pb.REGISTERED)
+        assert events[-1].agent.agent_id == f"w{i}/a"
+        stream.cancel()
