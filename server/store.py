@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from . import keys
+from . import keys, metrics
 from .config import Settings
 from .scripts import Scripts
 
@@ -148,6 +148,7 @@ class Store:
         was, self.epoch = self.epoch, value
         if was is None or was == value:
             return False
+        metrics.STORE_RESETS.inc()
         log.warning("the store was reset (its data is gone: Redis restarted without persistence "
                     "or was flushed); rebuilding the namespace set, open watches must re-list")
         await self.rebuild_namespaces()
