@@ -37,6 +37,15 @@ async def test_a_heartbeat_with_an_out_of_range_ack_id_is_refused_and_changes_no
     assert await log_events(registry) == before
 
 
+async def test_batch_heartbeats_with_bad_ack_ids_fail_alone(registry):
+    agent_id = await register_with_notification(registry)
+    reply = await registry.stub.HeartbeatBatch(pb.HeartbeatBatchRequest(heartbeats=[
+        pb.HeartbeatRequest(agent_id=agent_id, ack_notification_ids=[f"1-{TOO_BIG}"]),
+        pb.HeartbeatRequest(agent_id=agent_id)]))
+    assert [r.error_code for r in reply.results] == [INVALID.value[0], 0]
+    assert "ack_notification_ids" in reply.results[0].error_message
+
+
 async def test_heartbeat_script_validates_ack_ids_before_its_first_write(registry):
     """Even a caller that skips the server's checks cannot leave a half-applied heartbeat."""
     agent_id = await register_with_notification(registry)
