@@ -7,8 +7,10 @@ ARGV[11] owner: the agent token that registers it; "" = any owner (an operator t
 authentication off), as in heartbeat.lua and deregister.lua: a live agent then keeps its owner
 ARGV[12] registry silence (ms) that counts as an outage, 0 = no outage protection
 ARGV[13..] metadata key, value pairs
-Returns {outcome, record as flat field/value list}; outcome is "registered", "updated" or
-"unchanged" (a resend of the same request: only the lease is refreshed, nothing is logged).
+Returns {outcome, record as flat field/value list, first}; outcome is "registered", "updated"
+or "unchanged" (a resend of the same request: only the lease is refreshed, nothing is logged);
+first is 1 when the namespace had no agent before this one (the server then writes the keys
+outside the namespace's slot: the namespace set and the sweeper's schedule), else 0.
 An expired agent under the same name is reaped first (EXPIRED, then REGISTERED).
 The server picks a random 64-bit name for new agents, so a resend after a timeout finds its
 own first attempt and answers "unchanged".
@@ -52,7 +54,7 @@ if old and same_identity(rec, old) and same_identity(old, rec) then
   set_lease(P, name, old, now, timeout_ms)
   redis.call('HSET', key, F.last_heartbeat, old[F.last_heartbeat], F.deadline, old[F.deadline])
   if old[F.moved] then redis.call('HDEL', key, F.moved) end
-  return {'unchanged', to_flat(old)}
+  return {'unchanged', to_flat(old), 0}
 end
 
 local ev, extra = EV.REGISTERED, nil
@@ -63,8 +65,9 @@ if old then
   index_remove(P, name, old)
   redis.call('DEL', key)
 end
+local first = not old and redis.call('ZCARD', KEYS[2]) == 0
 set_lease(P, name, rec, now, timeout_ms)
 redis.call('HSET', key, unpack(to_flat(rec)))
 index_add(P, name, rec)
 append_event(P, maxlen, ev, name, rec, '', extra)
-return {ev == EV.REGISTERED and 'registered' or 'updated', to_flat(rec)}
+return {ev == EV.REGISTERED and 'registered' or 'updated', to_flat(rec), first and 1 or 0}

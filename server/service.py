@@ -79,10 +79,10 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
                 cluster, version, owner, self._quiet]
         for key, value in meta.items():
             args += (key, value)
-        outcome, flat = await self.scripts.register(
+        _, flat, first = await self.scripts.register(
             keys=[k.log, k.deadlines, k.agent(name), k.lease(name)], args=args)
         agent = convert.from_flat(ns, name, flat)
-        if outcome == "registered":  # another slot than the namespace's: after the script
+        if first:  # the namespace's first agent: keys in other slots, after the script
             await self.store.agent_created(ns, agent.expires_at_unix_ms)
         return pb.RegisterResponse(agent_id=ref.agent_id, agent=agent,
                                    heartbeat_timeout_ms=self.settings.heartbeat_timeout_ms)

@@ -85,9 +85,12 @@ class Store:
 
     # -- keys outside the namespaces' hash tags (keys.py): written next to the scripts --------
     async def agent_created(self, namespace: str, deadline_ms: int) -> None:
-        """After a Register created an agent (after its script, so that forget_if_empty,
-        racing with it, cannot drop a namespace that has an agent): the namespace is in the set
-        and the sweeper's schedule. One round trip."""
+        """After a Register created a namespace's first agent (after its script, so that
+        forget_if_empty, racing with it, cannot drop a namespace that has an agent): the
+        namespace is in the set and the sweeper's schedule. One round trip. A namespace with
+        agents is always in both (forget_if_empty re-adds one it finds non-empty), so later
+        agents need nothing here, and nothing here is a per-process memory a reset could
+        falsify."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.sadd(keys.NAMESPACES, namespace)
             pipe.zadd(keys.DUE, {namespace: deadline_ms}, lt=True)
