@@ -9,8 +9,9 @@ ARGV[12] registry silence (ms) that counts as an outage, 0 = no outage protectio
 ARGV[13..] metadata key, value pairs
 Returns {outcome, record as flat field/value list, first}; outcome is "registered", "updated"
 or "unchanged" (a resend of the same request: only the lease is refreshed, nothing is logged);
-first is 1 when the namespace had no agent before this one (the server then writes the keys
-outside the namespace's slot: the namespace set and the sweeper's schedule), else 0.
+first is 1 when the namespace had no agent before this one, or this lease ends before every
+other lease of the namespace (another process with a shorter timeout): the server then writes
+the keys outside the namespace's slot, the namespace set and the sweeper's schedule; else 0.
 An expired agent under the same name is reaped first (EXPIRED, then REGISTERED).
 The server picks a random 64-bit name for new agents, so a resend after a timeout finds its
 own first attempt and answers "unchanged".
@@ -65,7 +66,8 @@ if old then
   index_remove(P, name, old)
   redis.call('DEL', key)
 end
-local first = not old and redis.call('ZCARD', KEYS[2]) == 0
+local earliest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local first = #earliest == 0 or tonumber(earliest[2]) > now + timeout_ms
 set_lease(P, name, rec, now, timeout_ms)
 redis.call('HSET', key, unpack(to_flat(rec)))
 index_add(P, name, rec)

@@ -90,8 +90,8 @@ class Reaper:
     async def sweep(self) -> int:
         """One pass over the namespaces due; returns the number of agents reaped."""
         await self.store.check_reset()
-        if not self._seeded:
-            await self.store.seed_schedule()
+        if not self._seeded:  # once per process: stores written by older versions too
+            await self.store.rebuild_namespaces()
             self._seeded = True
         total = 0
         while True:

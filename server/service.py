@@ -82,7 +82,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         _, flat, first = await self.scripts.register(
             keys=[k.log, k.deadlines, k.agent(name), k.lease(name)], args=args)
         agent = convert.from_flat(ns, name, flat)
-        if first:  # the namespace's first agent: keys in other slots, after the script
+        if first:  # the namespace's first or soonest lease: keys in other slots, after it
             await self.store.agent_created(ns, agent.expires_at_unix_ms)
         return pb.RegisterResponse(agent_id=ref.agent_id, agent=agent,
                                    heartbeat_timeout_ms=self.settings.heartbeat_timeout_ms)

@@ -85,7 +85,8 @@ class Store:
 
     # -- keys outside the namespaces' hash tags (keys.py): written next to the scripts --------
     async def agent_created(self, namespace: str, deadline_ms: int) -> None:
-        """After a Register created a namespace's first agent (after its script, so that
+        """After a Register created a namespace's first agent, or its soonest lease (with a
+        shorter timeout than other processes use), after the script (so that
         forget_if_empty, racing with it, cannot drop a namespace that has an agent): the
         namespace is in the set and the sweeper's schedule. One round trip. A namespace with
         agents is always in both (forget_if_empty re-adds one it finds non-empty), so later
@@ -160,8 +161,10 @@ class Store:
         return True
 
     async def rebuild_namespaces(self) -> None:
-        """The namespace set from the deadline zsets Redis holds (one per namespace with agents).
-        A SCAN, once per reset. (On Redis Cluster this is to run on every primary.)"""
+        """The namespace set from the deadline zsets Redis holds (one per namespace with agents),
+        and every namespace on the sweeper's schedule: at a process's start (a store written by
+        a version that kept the set per process may lack some) and after a reset. One SCAN,
+        SCAN_COUNT keys a call. (On Redis Cluster it is to run on every primary.)"""
         pattern = keys.namespace("*").deadlines
         found = set()
         async for key in self.redis.scan_iter(match=pattern, count=SCAN_COUNT):

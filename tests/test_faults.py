@@ -12,6 +12,7 @@ from neural_hive_integration.clients import AgentInfo
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 
 from conftest import running_registry
+from server import keys
 from test_registry import register_request
 from test_watch import open_watch, take_until
 
@@ -147,3 +148,15 @@ async def test_the_namespace_set_follows_what_redis_holds_after_a_reset(redis_fa
             assert [a.agent_id for a in found.agents] == ["alpha/a2"]
             stats = await second.stub.GetStats(pb.StatsRequest())
             assert [(ns.namespace, ns.agents) for ns in stats.namespaces] == [("alpha", 1)]
+
+
+async def test_a_server_start_finds_namespaces_missing_from_the_set(redis_proc):
+    """A store written while the set was kept per process (or damaged) lacks namespaces that
+    hold agents: a starting server finds them in what Redis holds."""
+    async with running_registry("redis", redis_proc) as first:
+        await first.stub.Register(register_request(agent_id="a1", namespace="lost"))
+        await first.redis.delete(keys.NAMESPACES, keys.DUE)
+    async with running_registry("redis", redis_proc) as second:
+        found = await second.stub.DiscoverAgents(pb.DiscoverRequest(capabilities=["python"]))
+        assert [a.agent_id for a in found.agents] == ["lost/a1"]
+        assert await second.redis.zrange(keys.DUE, 0, -1) == ["lost"]
