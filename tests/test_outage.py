@@ -11,6 +11,10 @@ from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from prometheus_client import REGISTRY
 
 from conftest import running_registry
+from conftest import test_settings as settings_with
+from server import keys
+from server.expiry import outage_quiet_ms
+from server.scripts import Scripts
 from test_expiry import register_many
 from test_watch import open_watch, take_until
 
@@ -87,3 +91,19 @@ async def test_a_namespace_whose_agents_die_while_the_registry_runs_is_reaped_on
         expired = events[-1]
         assert int(expired.revision.split("-")[0]) - expired.agent.expires_at_unix_ms < 500
         assert not [e for e in events if e.type == pb.PROGRESS and e.reason]
+
+
+async def test_a_lease_expiry_event_on_return_moves_the_deadline_too(redis_proc):
+    """The fast trigger reaps by name (what the `expired` listener does on return): reap.lua
+    applies the same rule, so it cannot reap an agent whose deadline fell inside the outage."""
+    revision, _ = await outage(redis_proc)
+    redis = redis_proc.client()
+    try:
+        k = keys.namespace("default")
+        quiet = outage_quiet_ms(settings_with(**SETTINGS))
+        reaped, moved, *_ = await Scripts(redis).reap(
+            keys=[k.log, k.deadlines], args=[k.prefix, 100000, 200, "a05", quiet])
+        assert (reaped, moved) == (0, 1)
+        assert await redis.pttl(k.lease("a05")) > 0  # a new lease key for the moved deadline
+    finally:
+        await redis.aclose()
