@@ -228,6 +228,7 @@ async def populate(bench, ns: str, count: int) -> float:
     k = server_keys.namespace(ns)
     rng = random.Random(ns)
     await bench.redis.sadd(server_keys.NAMESPACES, ns)
+    await bench.redis.zadd(server_keys.DUE, {ns: 0}, nx=True)  # the sweeper's schedule
     chunk = 2000
     label = f"  load {count:,} agents into {ns}"
     bench.log(label)
@@ -238,7 +239,7 @@ async def populate(bench, ns: str, count: int) -> float:
                 name = names[i]
                 args = [k.prefix, name, REGISTER_TIMEOUT_MS, LOG_MAX_EVENTS, f["agent_type"],
                         pb.HEALTHY, ",".join(f["capabilities"]), f["endpoint"], f["cluster"],
-                        f["version"], ""]
+                        f["version"], "", 0]
                 for key, value in f["metadata"].items():
                     args += (key, value)
                 await scripts.register(keys=[k.log, k.deadlines, k.agent(name), k.lease(name)],
@@ -290,7 +291,8 @@ async def ceilings(bench) -> None:
         command = ["EVALSHA", sha, "5", k.log, k.deadlines, k.agent(name), k.lease(name),
                    k.inbox(name), k.prefix, name, str(REGISTER_TIMEOUT_MS), str(LOG_MAX_EVENTS),
                    "0", "1", repr(t.success_rate), repr(t.avg_duration_ms),
-                   str(t.total_executions), str(t.failed_executions), "0.5", "0.9", "", "16"]
+                   str(t.total_executions), str(t.failed_executions), "0.5", "0.9", "", "16",
+                   str(REGISTER_TIMEOUT_MS)]  # outage protection on, as the server runs it
         for pipeline, n in ((16, p.redis_bench_requests),
                             (1, max(p.redis_bench_requests // 4, 1000))):
             bench.add(await _redis_benchmark(bench, f"ceiling.redis.P{pipeline}", pipeline, n,

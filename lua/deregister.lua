@@ -3,7 +3,8 @@ KEYS[1] log   KEYS[2] deadlines   KEYS[3] agent hash
 ARGV[1] namespace prefix   ARGV[2] agent name   ARGV[3] log max length
 ARGV[4] event: "deregistered" or "evicted"   ARGV[5] reason (logged with evictions)
 ARGV[6] owner required ("" = any)
-Returns 1 when a live agent was removed, 0 when it was already gone (not an error, so a resend
+Returns 1 when a live agent was removed (2 when it was the namespace's last: the server then
+forgets the namespace), 0 when it was already gone (not an error, so a resend
 is harmless; an agent found past its deadline is logged as EXPIRED and also returns 0).
 Errors: "PERMISSION_DENIED" when ARGV[6] is set and differs from the agent's owner.
 ]]
@@ -16,4 +17,5 @@ if ARGV[6] ~= '' and rec[F.owner] ~= ARGV[6] then
 end
 local ev = ARGV[4] == 'evicted' and EV.EVICTED or EV.DEREGISTERED
 remove_agent(P, maxlen, name, ev, ARGV[5])
+if redis.call('ZCARD', KEYS[2]) == 0 then return 2 end
 return 1

@@ -7,21 +7,31 @@ ARGV[9] total_executions     ARGV[10] failed_executions
 ARGV[11] success rate below which the derived status is UNHEALTHY
 ARGV[12] success rate below which the derived status is DEGRADED
 ARGV[13] owner required ("" = any)   ARGV[14] max notifications returned
-ARGV[15..] ids of notifications the agent acknowledges (deleted from its inbox)
+ARGV[15] registry silence (ms) that counts as an outage, 0 = no outage protection
+ARGV[16..] ids of notifications the agent acknowledges (deleted from its inbox)
 Returns {status, deadline ms, notifications...}; each notification is {id, kind, payload}.
 A status change appends STATUS_CHANGED; a heartbeat that changes only telemetry logs nothing.
 Resending is harmless: the same telemetry is stored again and the lease moves forward.
-Errors: "NOT_FOUND" for an unknown agent or one past its deadline (reaped here, EXPIRED logged);
+Errors (each before any write): "INVALID_ARGUMENT" for an ack id Redis would refuse;
+"NOT_FOUND" for an unknown agent or one past its deadline (reaped here, EXPIRED logged);
 "PERMISSION_DENIED" when ARGV[13] is set and differs from the agent's owner.
 ]]
 --@include agent.lua
 local P, name, timeout_ms, maxlen = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+for i = 16, #ARGV do
+  if not valid_stream_id(ARGV[i]) then
+    return redis.error_reply('INVALID_ARGUMENT ack_notification_ids: ' ..
+      string.sub(ARGV[i], 1, 40) .. ' is not a notification id')
+  end
+end
 local now = now_ms()
-local old = load_live(P, maxlen, name, now)
+local outage = detect_outage(P, now, tonumber(ARGV[15]))
+local old = load_live(P, maxlen, name, now, outage or recorded_outage(P))
 if not old then return redis.error_reply('NOT_FOUND agent is not registered or has expired') end
 if ARGV[13] ~= '' and old[F.owner] ~= ARGV[13] then
   return redis.error_reply('PERMISSION_DENIED agent belongs to another token')
 end
+record_activity(P, maxlen, now, outage)
 
 local rec = {}
 for k, v in pairs(old) do rec[k] = v end
@@ -48,12 +58,13 @@ if ARGV[6] == '1' then
   end
 end
 redis.call(unpack(changed))
+if rec[F.moved] then redis.call('HDEL', KEYS[3], F.moved) end  -- it lives: a new lease
 index_rescore(P, name, old, rec)
 if old[F.status] ~= rec[F.status] then
   append_event(P, maxlen, EV.STATUS_CHANGED, name, rec, '', {EF.was, old[F.status]})
 end
 
-if #ARGV >= 15 then redis.call('XDEL', KEYS[5], unpack(ARGV, 15, #ARGV)) end
+if #ARGV >= 16 then redis.call('XDEL', KEYS[5], unpack(ARGV, 16, #ARGV)) end
 local reply = {tonumber(rec[F.status]), deadline}
 local pending = redis.call('XRANGE', KEYS[5], '-', '+', 'COUNT', tonumber(ARGV[14]))
 for _, entry in ipairs(pending) do

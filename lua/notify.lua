@@ -9,12 +9,14 @@ ARGV[6] unacknowledged messages.
 ]]
 --@include agent.lua
 local P, name, maxlen = ARGV[1], ARGV[2], ARGV[3]
-local rec = load_live(P, maxlen, name, now_ms())
+local now = now_ms()
+local rec, shift = load_live(P, maxlen, name, now)
 if not rec then return redis.error_reply('NOT_FOUND agent is not registered or has expired') end
 if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[6]) then
   return redis.error_reply('RESOURCE_EXHAUSTED inbox is full: the agent has not acknowledged ' ..
     ARGV[6] .. ' notifications')
 end
+if shift > 0 then move_deadline(P, name, rec, shift, now) end
 local id = redis.call('XADD', KEYS[3], '*', 'k', ARGV[4], 'p', ARGV[5])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', EF.type, EV.NOTIFICATION, EF.agent, name,
   EF.notification, id, EF.kind, ARGV[4], EF.payload, ARGV[5])

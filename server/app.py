@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-from . import binding, keys, metrics
+from . import binding, errors, keys, metrics
 from .auth import Auth, TokensFileError, refusing_handler
 from .config import Settings
 from .errors import RpcError
@@ -43,6 +43,11 @@ GAUGE_INTERVAL = 5.0
 # call has come for DRAIN_QUIET seconds.
 DRAIN_REFUSE_MAX = 1.0
 DRAIN_QUIET = 0.1
+# A server process does not call gRPC's stop at all: it refuses new calls until the in-flight
+# ones are done (or the grace is over), then exits, and the kernel closes every connection, so
+# a call still queued in gRPC's core fails with UNAVAILABLE instead of CANCELLED. Replies just
+# handed to gRPC get this long to reach the socket first; closing Redis gets at most as long.
+DRAIN_FLUSH = 0.2
 
 
 class Gate(grpc.aio.ServerInterceptor):
@@ -153,6 +158,8 @@ class Server:
         self._drain_dir = ""      # holds the Unix socket the drain checks itself through
         self._tasks: list[asyncio.Task] = []
         self._stopped = asyncio.Event()
+        self._cut_short = asyncio.Event()
+        self._exiting = False
 
     async def start(self) -> int:
         """Raises binding.StartupError (one line naming the setting) when it cannot listen."""
@@ -281,22 +288,35 @@ class Server:
             await self._probe()
 
     async def _gauges_forever(self) -> None:
+        """Agents per namespace, for the namespaces that hold agents (one pipelined round trip);
+        a namespace forgotten since (it has none left) loses its series."""
+        shown: set[str] = set()
         while True:
             try:
-                for ns in await self.store.namespaces():
-                    count = await self.store.redis.zcard(keys.namespace(ns).health)
+                namespaces = await self.store.namespaces()
+                async with self.store.redis.pipeline(transaction=False) as pipe:
+                    for ns in namespaces:
+                        pipe.zcard(keys.namespace(ns).health)
+                    counts = await pipe.execute()
+                for ns, count in zip(namespaces, counts):
                     metrics.AGENTS.labels(ns).set(count)
+                for ns in shown - set(namespaces):
+                    metrics.AGENTS.remove(ns)
+                shown = set(namespaces)
             except Exception:  # noqa: BLE001 - a gauge is best effort
                 pass
             await asyncio.sleep(GAUGE_INTERVAL)
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, exiting: bool = False) -> None:
         """Drain: NOT_SERVING, end watches (clients resume elsewhere), refuse new calls, give
-        in-flight ones `grace` seconds (then they are cancelled with UNAVAILABLE), stop the
-        sweeper, close Redis."""
+        in-flight ones `grace` seconds, stop the sweeper, close Redis. `exiting` (a server
+        process about to exit): gRPC is not stopped; once in-flight calls are done the caller
+        exits and the closed connections fail anything left with UNAVAILABLE (see
+        DRAIN_FLUSH). Otherwise gRPC's stop cancels what is left after the grace."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self._exiting = exiting
         grace = self.settings.shutdown_grace if grace is None else grace
         self._draining = True  # the health probe must not turn SERVING again
         await cancel_tasks(self._tasks)
@@ -310,15 +330,46 @@ class Server:
         await self.health.close()
         log.info("draining: NOT_SERVING, refusing new calls (UNAVAILABLE), %d watch stream(s) "
                  "told to resume elsewhere, in-flight calls have %ss", watchers, grace)
+        if exiting:
+            log.info("draining: stopping gRPC once in-flight calls end (%d now)",
+                     errors.IN_FLIGHT.count)
+            left = grace - (time.monotonic() - started)
+            idle = asyncio.ensure_future(errors.IN_FLIGHT.idle())
+            cut = asyncio.ensure_future(self._cut_short.wait())
+            await asyncio.wait([idle, cut], timeout=max(0.0, left),
+                               return_when=asyncio.FIRST_COMPLETED)
+            idle.cancel()
+            cut.cancel()
+            log.info("draining: %d call(s) still in flight after %.1fs, %d new call(s) "
+                     "refused", errors.IN_FLIGHT.count, time.monotonic() - started,
+                     self.gate.refused)
+            await self._close_store(DRAIN_FLUSH)
+            self._remove_drain_socket()
+            return
         await self._refuse_until_settled(started, grace)
         log.info("draining: %d new call(s) refused; stopping gRPC", self.gate.refused)
         await self.grpc.stop(max(0.0, grace - (time.monotonic() - started)))
         self._remove_drain_socket()
         log.info("draining: gRPC stopped after %.1fs", time.monotonic() - started)
+        await self._close_store(None)
+
+    def cut_short(self) -> None:
+        """A second signal: in-flight calls get no more grace."""
+        self._cut_short.set()
+        if not self._exiting:
+            asyncio.get_running_loop().create_task(self.grpc.stop(0))
+
+    async def _close_http_and_store(self) -> None:
         await self.http.stop()
-        await self.reaper.stop()
-        await self.store.close()
-        log.info("draining: expiry sweeper stopped, redis connection closed")
+        await asyncio.gather(self.reaper.stop(), self.store.close())
+
+    async def _close_store(self, timeout: float | None) -> None:
+        try:
+            await asyncio.wait_for(self._close_http_and_store(), timeout)
+            log.info("draining: HTTP port closed, expiry sweeper stopped, redis connection "
+                     "closed")
+        except asyncio.TimeoutError:
+            log.info("draining: expiry sweeper and redis connection left to the exit")
 
     async def wait(self) -> None:
         await self._stopped.wait()
@@ -341,11 +392,14 @@ async def run(settings: Settings) -> None:
             stopping.set()
         else:  # a second signal: no more grace
             log.warning("%s again: cancelling in-flight calls now", sig.name)
-            loop.create_task(server.grpc.stop(0))
+            server.cut_short()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     await stopping.wait()
-    await server.stop()
+    await server.stop(exiting=True)
+    await asyncio.sleep(DRAIN_FLUSH)  # replies handed to gRPC reach their sockets
     log.info("stopped")
+    logging.shutdown()
+    os._exit(0)  # gRPC is never stopped: the kernel closes its connections (see DRAIN_FLUSH)

@@ -37,6 +37,7 @@ class Settings:
     share_port: bool = False             # let other processes listen on the same gRPC port
     grpc_reflection: bool = True         # gRPC server reflection (grpcurl list/describe)
     balance_warmup: float = 30.0         # BALANCED Discover: seconds a new agent has average weight
+    outage_protection: bool = True       # no mass expiry after the registry itself was down
 
     @property
     def heartbeat_timeout_ms(self) -> int:
@@ -79,6 +80,7 @@ ENVIRONMENT = {
     "share_port": "SHARE_PORT",
     "grpc_reflection": "GRPC_REFLECTION",
     "balance_warmup": "BALANCE_WARMUP",
+    "outage_protection": "OUTAGE_PROTECTION",
 }
 
 # Setting -> what `serve --help` says about it (with its variable and default).
@@ -108,6 +110,8 @@ HELP = {
                   "REDIS_URL); `serve --workers N` sets it",
     "grpc_reflection": "gRPC server reflection for grpcurl list/describe (true/false)",
     "balance_warmup": "Seconds a new agent gets the average weight in BALANCED Discover",
+    "outage_protection": "Move deadlines forward after a registry outage instead of reaping "
+                         "the whole fleet (true/false)",
 }
 
 

@@ -1,6 +1,7 @@
 """Maps failures to gRPC status codes and records every call's outcome and latency."""
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -16,6 +17,7 @@ log = logging.getLogger("service_registry")
 
 # Scripts signal failures with an error reply whose first word names the status.
 _SCRIPT_STATUS = {
+    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
     "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
     "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
     "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -29,6 +31,30 @@ class RpcError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(message)
         self.code = code
+
+
+class InFlight:
+    """Calls inside a ServiceRegistry handler right now, so a drain knows when they are done."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: asyncio.Event | None = None
+
+    def enter(self) -> None:
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        if self.count:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+
+IN_FLIGHT = InFlight()
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -59,6 +85,7 @@ def unary(operation: str, on_unavailable=None):
         @functools.wraps(handler)
         async def call(self, request, context):
             start = time.perf_counter()
+            IN_FLIGHT.enter()
             try:
                 reply = await handler(self, request, context)
             except grpc.aio.AbortError:
@@ -69,6 +96,8 @@ def unary(operation: str, on_unavailable=None):
                 if code == grpc.StatusCode.UNAVAILABLE and on_unavailable:
                     on_unavailable(self)
                 await context.abort(code, message)
+            finally:
+                IN_FLIGHT.leave()
             metrics.observe(operation, "ok", time.perf_counter() - start)
             return reply
         return call
@@ -81,6 +110,7 @@ def streaming(operation: str):
         @functools.wraps(handler)
         async def call(self, request, context):
             start = time.perf_counter()
+            IN_FLIGHT.enter()
             try:
                 async for item in handler(self, request, context):
                     yield item
@@ -90,6 +120,8 @@ def streaming(operation: str):
                 code, message = status_of(exc)
                 metrics.observe(operation, outcome_of(code), time.perf_counter() - start)
                 await context.abort(code, message)
+            finally:
+                IN_FLIGHT.leave()
             metrics.observe(operation, "ok", time.perf_counter() - start)
         return call
     return wrap

@@ -1,14 +1,25 @@
 """Expiry: reaps agents whose lease deadline has passed, logging one EXPIRED event each.
 
 Two triggers run reap.lua: Redis's `expired` keyspace events for lease keys (fast, but late
-and lossy, see REDIS-FACTS.md), and a sweeper over each namespace's deadline zset every
-SWEEP_INTERVAL seconds (the safety net that catches everything). reap.lua checks the deadline
-itself, so any number of processes and triggers may race: each agent expires exactly once.
+and lossy, see REDIS-FACTS.md), and a sweeper every SWEEP_INTERVAL seconds (the safety net
+that catches everything). reap.lua checks the deadline itself, so any number of processes and
+triggers may race: each agent expires exactly once.
+
+The sweeper does not visit every namespace: a schedule (keys.DUE) holds, per namespace with
+agents, a lower bound of its earliest deadline, and each pass visits only the namespaces due.
+A visit reschedules the namespace at its earliest deadline, or half a timeout later at most
+(each visit marks the registry active there, see OUTAGE below), and forgets an empty one.
+
+Registry outages (README "No mass expiry after a registry outage"): a namespace in which no
+registry process worked for longer than `outage_quiet_ms` had an outage; deadlines that fell
+inside it are moved forward by its length once, instead of being reaped. reap.lua decides, so
+keyspace events arriving on return cannot reap them either.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from . import keys, metrics
 from .config import Settings
@@ -19,7 +30,26 @@ from .tasks import cancel_tasks
 log = logging.getLogger("service_registry")
 
 REAP_BATCH = 200          # agents per reap.lua call: bounds each call's Redis time
+DUE_BATCH = 500           # namespaces read from the schedule at once
 SUBSCRIBE_RETRY = 1.0
+
+
+def outage_quiet_ms(settings: Settings) -> int:
+    """Silence (ms) in a namespace that counts as a registry outage, 0 = protection off. A
+    running registry works in every namespace with agents at least every half timeout plus a
+    sweep interval, so a heartbeat timeout plus a sweep interval leaves half a timeout spare."""
+    if not settings.outage_protection:
+        return 0
+    return settings.heartbeat_timeout_ms + int(settings.sweep_interval * 1000)
+
+
+@dataclass(frozen=True)
+class Reaped:
+    reaped: int
+    moved: int
+    earliest_ms: int    # earliest deadline left, -1 when the namespace has no agents
+    now_ms: int         # Redis's clock
+    outage_ms: int      # an outage recorded by this call, 0 = none
 
 
 class Reaper:
@@ -28,6 +58,9 @@ class Reaper:
         self.store = store
         self._tasks: list[asyncio.Task] = []
         self.maxlen = str(settings.log_max_events)
+        self.quiet_ms = str(outage_quiet_ms(settings))
+        self.revisit_ms = settings.heartbeat_timeout_ms // 2
+        self._seeded = False
 
     def start(self, listen: bool) -> None:
         self._tasks.append(asyncio.create_task(self._sweep_forever(), name="expiry-sweeper"))
@@ -38,22 +71,51 @@ class Reaper:
         await cancel_tasks(self._tasks)
         self._tasks.clear()
 
-    async def reap(self, namespace: str, name: str = "") -> int:
+    async def reap(self, namespace: str, name: str = "") -> Reaped:
         k = keys.namespace(namespace)
-        return int(await self.store.scripts.reap(
-            keys=[k.log, k.deadlines], args=[k.prefix, self.maxlen, REAP_BATCH, name]))
+        result = Reaped(*(int(x) for x in await self.store.scripts.reap(
+            keys=[k.log, k.deadlines],
+            args=[k.prefix, self.maxlen, REAP_BATCH, name, self.quiet_ms])))
+        if result.outage_ms:
+            metrics.OUTAGES.labels(namespace).inc()
+            log.warning("namespace %s: no registry process worked here for %.1fs (a registry "
+                        "outage); lease deadlines inside it move forward by that much, once, "
+                        "instead of expiring", namespace, result.outage_ms / 1000)
+        if result.moved:
+            metrics.OUTAGE_MOVED.labels(namespace).inc(result.moved)
+            log.info("namespace %s: %d lease deadline(s) inside the registry outage moved "
+                     "forward instead of expiring", namespace, result.moved)
+        return result
 
     async def sweep(self) -> int:
-        """One pass over every namespace; returns the number of agents reaped."""
+        """One pass over the namespaces due; returns the number of agents reaped."""
+        await self.store.check_reset()
+        if not self._seeded:  # once per process: stores written by older versions too
+            await self.store.rebuild_namespaces()
+            self._seeded = True
         total = 0
-        for ns in await self.store.namespaces():
-            while True:
-                n = await self.reap(ns)
-                total += n
-                if n < REAP_BATCH:
-                    break
+        while True:
+            due = await self.store.due_namespaces(DUE_BATCH)
+            for ns in due:
+                total += await self._visit(ns)
+            if len(due) < DUE_BATCH:
+                break
         if total:
             metrics.EXPIRED.labels("sweeper").inc(total)
+        return total
+
+    async def _visit(self, namespace: str) -> int:
+        total = 0
+        while True:
+            result = await self.reap(namespace)
+            total += result.reaped
+            if result.reaped + result.moved < REAP_BATCH:
+                break
+        if result.earliest_ms < 0:
+            await self.store.forget_if_empty(namespace)
+        else:
+            await self.store.schedule(namespace, min(result.earliest_ms,
+                                                     result.now_ms + self.revisit_ms))
         return total
 
     async def _sweep_forever(self) -> None:
@@ -76,7 +138,7 @@ class Reaper:
                 await pubsub.psubscribe("__keyevent@*__:expired")
                 async for message in pubsub.listen():
                     parsed = keys.parse_lease_key(message.get("data") or "")
-                    if parsed and await self.reap(*parsed):
+                    if parsed and (await self.reap(*parsed)).reaped:
                         metrics.EXPIRED.labels("keyspace_event").inc()
             except asyncio.CancelledError:
                 raise

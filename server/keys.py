@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 ROOT = "sr"
-NAMESPACES = f"{ROOT}:namespaces"  # set of namespaces ever used (for Discover/Stats across all)
+# Keys outside every namespace's hash tag: on Redis Cluster each lives in a slot of its own, so
+# no namespace script touches them; the server writes them next to the script calls.
+NAMESPACES = f"{ROOT}:namespaces"  # set of namespaces holding agents (for Discover/Stats across all)
+EPOCH = f"{ROOT}:epoch"            # random id written once; gone or changed = the store was reset
+DUE = f"{ROOT}:due"                # zset: namespace -> earliest lease deadline (ms), a lower bound
 
 # Suffixes after the namespace prefix.
 AGENT = "a:"        # hash: the agent record
@@ -23,6 +27,8 @@ HEALTH = "h"        # zset: every agent of the namespace, scored by health
 DEADLINES = "d"     # zset: agent name -> lease deadline (ms); the sweeper's work list
 COUNTS = "n"        # hash: agents per type and per status, for stats
 LOG = "log"         # stream: the change log; its ids are revisions
+ACTIVE = "ok"       # string: when the registry last worked here (ms): heartbeat, register, sweep
+GAP = "g"           # hash s, e: the last registry outage (ms); deadlines inside it are moved once
 
 # Agent hash fields (short: the hash stays in Redis's compact listpack encoding).
 FIELDS = {
@@ -41,6 +47,7 @@ FIELDS = {
     "deadline": "dl",
     "owner": "ow",
     "agent_card": "ac",   # A2A Agent Card JSON; only in REGISTERED/UPDATED change-log entries
+    "moved": "mv",  # set once the deadline was moved forward for a registry outage
 }
 # Register passes the card among the metadata pairs under this key, which no metadata key can be.
 AGENT_CARD_ARG = "@card"
@@ -78,6 +85,14 @@ class NamespaceKeys:
         return self.prefix + HEALTH
 
     @property
+    def active(self) -> str:
+        return self.prefix + ACTIVE
+
+    @property
+    def gap(self) -> str:
+        return self.prefix + GAP
+
+    @property
     def counts(self) -> str:
         return self.prefix + COUNTS
 
@@ -102,21 +117,33 @@ def namespace(ns: str) -> NamespaceKeys:
     return NamespaceKeys(ns, f"{ROOT}:{{{ns}}}:")
 
 
-def parse_lease_key(key: str) -> tuple[str, str] | None:
-    """(namespace, name) of a lease key named in a keyspace notification, else None."""
+def _split(key: str) -> tuple[str, str] | None:
+    """(namespace, suffix) of a per-namespace key "sr:{ns}:suffix", else None."""
     head = f"{ROOT}:{{"
     if not key.startswith(head):
         return None
     ns, sep, rest = key[len(head):].partition("}:")
-    if not sep or not rest.startswith(LEASE):
+    return (ns, rest) if sep else None
+
+
+def parse_lease_key(key: str) -> tuple[str, str] | None:
+    """(namespace, name) of a lease key named in a keyspace notification, else None."""
+    parts = _split(key)
+    if not parts or not parts[1].startswith(LEASE):
         return None
-    return ns, rest[len(LEASE):]
+    return parts[0], parts[1][len(LEASE):]
+
+
+def parse_namespace_key(key: str) -> str | None:
+    """The namespace of a per-namespace key, else None."""
+    parts = _split(key)
+    return parts[0] if parts else None
 
 
 def lua_header() -> str:
     """Lua constants mirroring this module, prepended to every script."""
     suffixes = dict(AGENT=AGENT, LEASE=LEASE, INBOX=INBOX, CAPABILITY=CAPABILITY, TYPE=TYPE,
-                    HEALTH=HEALTH, DEADLINES=DEADLINES, COUNTS=COUNTS, LOG=LOG,
+                    HEALTH=HEALTH, DEADLINES=DEADLINES, COUNTS=COUNTS, LOG=LOG, ACTIVE=ACTIVE, GAP=GAP,
                     METADATA=METADATA_PREFIX)
     k = ", ".join(f"{name}='{v}'" for name, v in suffixes.items())
     f = ", ".join(f"{name}='{v}'" for name, v in FIELDS.items())

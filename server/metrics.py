@@ -15,6 +15,14 @@ AUTH_FAILURES = Counter("service_registry_auth_failures_total",
 WATCHERS = Gauge("service_registry_watchers", "Open WatchAgents streams on this process")
 EXPIRED = Counter("service_registry_expired_total", "Agents reaped after their lease ran out",
                   ["trigger"])
+OUTAGES = Counter("service_registry_outages_total",
+                  "Registry outages detected in a namespace (no registry process worked there "
+                  "for longer than the heartbeat timeout)", ["namespace"])
+OUTAGE_MOVED = Counter("service_registry_outage_deadlines_moved_total",
+                       "Lease deadlines moved forward once, instead of expiring, because they "
+                       "fell inside a registry outage", ["namespace"])
+STORE_RESETS = Counter("service_registry_store_resets_total",
+                       "Times this process found the store reset (its data gone)")
 
 # Operations whose attempts the seed counts separately.
 ATTEMPTS = {"register": REGISTER, "heartbeat": HEARTBEAT, "discover": DISCOVER}

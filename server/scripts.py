@@ -14,7 +14,8 @@ from . import keys
 
 LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
 _INCLUDE = re.compile(r"^--@include (\S+)$", re.M)
-NAMES = ("register", "heartbeat", "deregister", "reap", "get", "discover", "list", "notify", "stats")
+NAMES = ("register", "heartbeat", "deregister", "reap", "get", "discover", "list", "notify",
+         "stats", "due")
 
 
 def source(name: str) -> str:

@@ -18,11 +18,12 @@ import grpc
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-from . import agent_card, balance, convert, errors, validation
+from . import agent_card, balance, convert, errors, keys, validation
 from .auth import Auth, Scope
 from .coalesce import HeartbeatPipeline
 from .config import Settings
 from .errors import RpcError
+from .expiry import outage_quiet_ms
 from .keys import AGENT_CARD_ARG
 from .store import Store
 from .validation import MAX_REASON_LEN, AgentRef, InvalidArgument
@@ -33,6 +34,7 @@ from .watch import Watches
 DISCOVER_BUDGET = 1500
 DISCOVER_BATCH = 50
 MAX_NOTIFICATIONS_PER_HEARTBEAT = 16
+LAST_AGENT_REMOVED = 2   # deregister.lua: the namespace has no agent left
 
 
 def new_agent_name() -> str:
@@ -50,6 +52,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         self.on_unavailable = on_unavailable or (lambda: None)
         self._hb_static = (str(settings.heartbeat_timeout_ms), str(settings.log_max_events))
         self._thresholds = (repr(settings.unhealthy_below), repr(settings.degraded_below))
+        self._quiet = str(outage_quiet_ms(settings))
         # real Redis only: the embedded store has no socket to pipeline on
         self._hb_pipeline = (None if store.embedded
                              else HeartbeatPipeline(store.redis, store.scripts.heartbeat))
@@ -78,17 +81,19 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
                                         "version")
         if card:
             caps = sorted(set(caps) | set(card.capabilities))
-        await self.store.remember_namespace(ns)
         k, name = ref.keys, ref.name
         args = [k.prefix, name, *self._hb_static, agent_type, status, ",".join(caps), endpoint,
-                cluster, version, owner]
+                cluster, version, owner, self._quiet]
         for key, value in meta.items():
             args += (key, value)
         if card:
             args += (AGENT_CARD_ARG, card.json)
-        _, flat = await self.scripts.register(
+        _, flat, first = await self.scripts.register(
             keys=[k.log, k.deadlines, k.agent(name), k.lease(name)], args=args)
-        return pb.RegisterResponse(agent_id=ref.agent_id, agent=convert.from_flat(ns, name, flat),
+        agent = convert.from_flat(ns, name, flat)
+        if first:  # the namespace's first or soonest lease: keys in other slots, after it
+            await self.store.agent_created(ns, agent.expires_at_unix_ms)
+        return pb.RegisterResponse(agent_id=ref.agent_id, agent=agent,
                                    heartbeat_timeout_ms=self.settings.heartbeat_timeout_ms)
 
     # -- Heartbeat (unary, keep-alive stream, batch) ----------------------------------------
@@ -105,12 +110,12 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         if len(request.ack_notification_ids) > validation.MAX_ACKS:
             raise InvalidArgument(f"ack_notification_ids: at most {validation.MAX_ACKS}")
         for nid in request.ack_notification_ids:
-            _stream_id(nid, "ack_notification_ids")
+            validation.stream_id(nid, "ack_notification_ids")
         k, name = ref.keys, ref.name
         keys = (k.log, k.deadlines, k.agent(name), k.lease(name), k.inbox(name))
         args = (k.prefix, name, *self._hb_static, status, "1" if has_telemetry else "0",
                 *telemetry, *self._thresholds, owner, MAX_NOTIFICATIONS_PER_HEARTBEAT,
-                *request.ack_notification_ids)
+                self._quiet, *request.ack_notification_ids)
         if client is None and self._hb_pipeline is not None:
             return ref, self._hb_pipeline.call(keys, args)
         return ref, self.scripts.heartbeat(keys=keys, args=args, client=client)
@@ -208,6 +213,8 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         ref = validation.agent_ref(request.agent_id)
         owner = self.auth.check(context, Scope.AGENT, ref.namespace)
         removed = await self._deregister_call(ref, "deregistered", "", owner)
+        if removed == LAST_AGENT_REMOVED:
+            await self.store.forget_if_empty(ref.namespace)
         return pb.DeregisterResponse(removed=bool(removed))
 
     @errors.unary("evict", on_unavailable=_redis_down)
@@ -226,6 +233,8 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
             for ref in refs:
                 await self._deregister_call(ref, "evicted", request.reason, "", client=pipe)
             removed = await pipe.execute()
+        for ns in {r.namespace for r, n in zip(refs, removed) if n == LAST_AGENT_REMOVED}:
+            await self.store.forget_if_empty(ns)
         return pb.EvictResponse(evicted_ids=[r.agent_id for r, n in zip(refs, removed) if n])
 
     # -- Reads ------------------------------------------------------------------------------
@@ -250,6 +259,8 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         if request.namespace and filters.namespace and request.namespace != filters.namespace:
             raise InvalidArgument("namespace: differs from filters['namespace']")
         namespaces = await self._readable_namespaces(context, request.namespace or filters.namespace)
+        if len(namespaces) > 1 and caps:
+            namespaces = await self._namespaces_with(namespaces, caps[0])
         if balanced:
             return pb.DiscoverResponse(agents=await self._discover_balanced(
                 namespaces, caps, filters.as_json(), wanted))
@@ -277,6 +288,16 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
             self.auth.check(context, Scope.READ, ns)
             return [ns]
         return self.auth.readable(context, await self.store.namespaces())
+
+    async def _namespaces_with(self, namespaces: list[str], capability: str) -> list[str]:
+        """Those of `namespaces` with an agent having `capability`: one pipelined ZCARD each,
+        one round trip, so a Discover across namespaces runs its script only where it can
+        find something."""
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for ns in namespaces:
+                pipe.zcard(keys.namespace(ns).capability(capability))
+            counts = await pipe.execute()
+        return [ns for ns, n in zip(namespaces, counts) if n]
 
     async def _discover_in(self, ns: str, caps: list[str], filters_json: str, wanted: int,
                            origin: float = 0.0, runs: int = 1):
@@ -386,25 +407,22 @@ def _failed_heartbeat(request, exc: Exception) -> pb.HeartbeatResponse:
                                 error_message=message)
 
 
-def _stream_id(value: str, field: str) -> str:
-    ms, dash, seq = value.partition("-")
-    if not (ms.isdigit() and dash and seq.isdigit()):
-        raise InvalidArgument(f"{field}: {value[:40]!r} is not a notification id")
-    return value
-
-
 def _encode_page_token(agent_type: int, after: str) -> str:
     raw = json.dumps([agent_type, after], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _decode_page_token(token: str, types: list[int]) -> tuple[int, str]:
+    """Only a token this server could have written: an int type (not True, not 1.0: both
+    equal 1 in Python) among `types`, a valid agent name or "", in the canonical encoding."""
     if not token:
         return types[0], ""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         agent_type, after = json.loads(raw)
-        if agent_type in types and isinstance(after, str):
+        if (type(agent_type) is int and agent_type in types and isinstance(after, str)
+                and (after == "" or validation.agent_name(after, "page_token"))
+                and _encode_page_token(agent_type, after) == token):
             return agent_type, after
     except (ValueError, TypeError, binascii.Error):
         pass

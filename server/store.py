@@ -6,13 +6,14 @@ when the process ends and never emits keyspace notifications (the sweeper covers
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from . import keys
+from . import keys, metrics
 from .config import Settings
 from .scripts import Scripts
 
@@ -23,6 +24,7 @@ COMMAND_TIMEOUT = 5.0
 # for a free connection instead of failing with "Too many connections".
 MAX_CONNECTIONS = 64
 NAMESPACE_CACHE_SECONDS = 2.0
+SCAN_COUNT = 1000
 
 
 class Store:
@@ -36,6 +38,8 @@ class Store:
         self.scripts = Scripts(self.redis)
         self._namespaces: set[str] = set()
         self._namespaces_read_at = 0.0
+        self.epoch: str | None = None       # the store's epoch when this process last looked
+        self._reset_listeners: list = []
 
     def client(self, socket_timeout: float):
         """A new client; blocking readers pass a timeout above their block time."""
@@ -79,18 +83,99 @@ class Store:
                         exc)
             return False
 
-    async def remember_namespace(self, namespace: str) -> None:
-        if namespace not in self._namespaces:
-            await self.redis.sadd(keys.NAMESPACES, namespace)
-            self._namespaces.add(namespace)
+    # -- keys outside the namespaces' hash tags (keys.py): written next to the scripts --------
+    async def agent_created(self, namespace: str, deadline_ms: int) -> None:
+        """After a Register created a namespace's first agent, or its soonest lease (with a
+        shorter timeout than other processes use), after the script (so that
+        forget_if_empty, racing with it, cannot drop a namespace that has an agent): the
+        namespace is in the set and the sweeper's schedule. One round trip. A namespace with
+        agents is always in both (forget_if_empty re-adds one it finds non-empty), so later
+        agents need nothing here, and nothing here is a per-process memory a reset could
+        falsify."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(keys.NAMESPACES, namespace)
+            pipe.zadd(keys.DUE, {namespace: deadline_ms}, lt=True)
+            await pipe.execute()
+        self._namespaces.add(namespace)
+
+    async def schedule(self, namespace: str, at_ms: int) -> None:
+        await self.redis.zadd(keys.DUE, {namespace: at_ms})
+
+    async def due_namespaces(self, limit: int) -> list[str]:
+        return await self.scripts.due(keys=[keys.DUE], args=[limit])
+
+    async def forget_if_empty(self, namespace: str) -> bool:
+        """Drops a namespace without agents from the set and the schedule, so idle cost does
+        not grow with every namespace ever used. Removes first, then looks: a Register that
+        created an agent meanwhile adds it back itself, or is seen here."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.srem(keys.NAMESPACES, namespace)
+            pipe.zrem(keys.DUE, namespace)
+            await pipe.execute()
+        first = await self.redis.zrange(keys.namespace(namespace).deadlines, 0, 0,
+                                        withscores=True)
+        if first:
+            await self.agent_created(namespace, int(first[0][1]))
+            return False
+        self._namespaces.discard(namespace)
+        return True
+
+    async def seed_schedule(self) -> None:
+        """Puts every known namespace on the sweeper's schedule, due now, unless it is there:
+        for stores written before the schedule existed, and after a reset."""
+        members = await self.redis.smembers(keys.NAMESPACES)
+        if members:
+            await self.redis.zadd(keys.DUE, {ns: 0 for ns in members}, nx=True)
 
     async def namespaces(self) -> list[str]:
-        """Every namespace any server process has registered agents in (cached briefly)."""
+        """The namespaces that hold agents (cached briefly)."""
         now = time.monotonic()
         if now - self._namespaces_read_at > NAMESPACE_CACHE_SECONDS:
-            self._namespaces |= set(await self.redis.smembers(keys.NAMESPACES))
+            self._namespaces = set(await self.redis.smembers(keys.NAMESPACES))
             self._namespaces_read_at = now
         return sorted(self._namespaces)
+
+    # -- store resets -------------------------------------------------------------------------
+    def on_reset(self, listener) -> None:
+        """`listener()` runs when check_reset finds that the store lost its data."""
+        self._reset_listeners.append(listener)
+
+    async def check_reset(self) -> bool:
+        """True when the store was reset (Redis restarted without its data, or flushed) since
+        this process last looked: the epoch key, written once, is gone or was written anew.
+        Then the namespace set and the sweeper's schedule are rebuilt from what Redis holds and
+        the listeners (open watches) are told."""
+        value = await self.redis.get(keys.EPOCH)
+        if value is None:
+            await self.redis.set(keys.EPOCH, secrets.token_hex(8), nx=True)
+            value = await self.redis.get(keys.EPOCH)
+        was, self.epoch = self.epoch, value
+        if was is None or was == value:
+            return False
+        metrics.STORE_RESETS.inc()
+        log.warning("the store was reset (its data is gone: Redis restarted without persistence "
+                    "or was flushed); rebuilding the namespace set, open watches must re-list")
+        await self.rebuild_namespaces()
+        for listener in self._reset_listeners:
+            listener()
+        return True
+
+    async def rebuild_namespaces(self) -> None:
+        """The namespace set from the deadline zsets Redis holds (one per namespace with agents),
+        and every namespace on the sweeper's schedule: at a process's start (a store written by
+        a version that kept the set per process may lack some) and after a reset. One SCAN,
+        SCAN_COUNT keys a call. (On Redis Cluster it is to run on every primary.)"""
+        pattern = keys.namespace("*").deadlines
+        found = set()
+        async for key in self.redis.scan_iter(match=pattern, count=SCAN_COUNT):
+            ns = keys.parse_namespace_key(key)
+            if ns:
+                found.add(ns)
+        if found:
+            await self.redis.sadd(keys.NAMESPACES, *found)
+        self._namespaces = set(await self.redis.smembers(keys.NAMESPACES))
+        self._namespaces_read_at = time.monotonic()
+        await self.seed_schedule()
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -38,6 +38,8 @@ _NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 _CAPABILITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+#-]*$")
 _METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+_STREAM_ID_RE = re.compile(r"^([0-9]{1,20})(?:-([0-9]{1,20}))?$")  # ASCII digits only
+MAX_STREAM_ID_PART = 2**64 - 1   # Redis refuses larger stream id parts
 
 AGENT_TYPES = {v: k for k, v in pb.AgentType.items() if v}        # 1 -> "WORKER"
 STATUSES = {v: k for k, v in pb.AgentStatus.items() if v}         # 1 -> "HEALTHY"
@@ -187,6 +189,19 @@ def selection(value: int, field: str = "selection") -> int:
     if value not in pb.SelectionMode.values():
         raise InvalidArgument(f"{field}: unknown selection mode {value}")
     return value or pb.RANKED
+
+
+def stream_id(value: str, field: str, seq_required: bool = True) -> str:
+    """A Redis stream id "<ms>-<seq>" (the seq may be left out where `seq_required` is False),
+    each part a 64-bit unsigned integer, as Redis would accept it; returned in full form."""
+    m = _STREAM_ID_RE.match(value)
+    ok = m is not None and (m.group(2) is not None or not seq_required)
+    if ok:
+        ms, seq = int(m.group(1)), int(m.group(2) or 0)
+        if ms <= MAX_STREAM_ID_PART and seq <= MAX_STREAM_ID_PART:
+            return f"{ms}-{seq}"
+    raise InvalidArgument(f"{field}: {value[:40]!r} is not a valid id (<ms>-<seq>, each a "
+                          "64-bit unsigned integer)")
 
 
 def bounded_count(value: int, field: str, default: int, maximum: int) -> int:

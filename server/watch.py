@@ -1,8 +1,8 @@
 """WatchAgents: the namespace change log (a Redis Stream) fanned out to watchers.
 
-One reader task per namespace per process follows the log with XREAD BLOCK and hands each
-entry to every watcher of that namespace; a watcher has a bounded buffer and is cut off with
-RESOURCE_EXHAUSTED when it overflows. A watcher resumes from any revision still in the log:
+Log readers follow the logs of the watched namespaces, up to STREAMS_PER_READER per XREAD
+BLOCK on one connection, and hand each entry to every watcher of its namespace; a watcher has
+a bounded buffer and is cut off with RESOURCE_EXHAUSTED when it overflows. A watcher resumes from any revision still in the log:
 it joins the live feed first, then reads the log from its revision up to where the feed stood,
 so nothing falls between the two.
 """
@@ -25,11 +25,14 @@ from .store import Store
 
 log = logging.getLogger("service_registry")
 
-BLOCK_MS = 1000
+BLOCK_MS = 250          # a reader's XREAD BLOCK: also how soon it follows a newly added log
+STREAMS_PER_READER = 256
 READ_COUNT = 500
 CATCH_UP_CHUNK = 1000
 SNAPSHOT_PAGE = 500
 NOTIFICATION = pb.NOTIFICATION
+PROGRESS = pb.PROGRESS   # logged with a reason when a registry outage is recorded: for everyone
+RESET_MESSAGE = "the store was reset (its data is gone); re-list"
 _EVENT_FIELD_NAMES = frozenset(EF.values())
 
 
@@ -39,12 +42,7 @@ def revision_key(revision: str) -> tuple[int, int]:
 
 
 def parse_revision(value: str) -> str:
-    try:
-        ms, seq = revision_key(value)
-    except ValueError:
-        raise validation.InvalidArgument(
-            f"since_revision: {value[:40]!r} is not a revision") from None
-    return f"{ms}-{seq}"
+    return validation.stream_id(value, "since_revision", seq_required=False)
 
 
 def matches(rec: dict[str, str], clauses) -> bool:
@@ -128,6 +126,8 @@ class Selector:
         return matches(rec, self.clauses)
 
     def wants(self, event: Event) -> bool:
+        if event.type == PROGRESS:
+            return True
         if self.name and event.name != self.name:
             return False
         if event.type == NOTIFICATION:
@@ -159,7 +159,7 @@ class Watcher:
 
 
 class Feed:
-    """Follows one namespace's log for every watcher of it in this process."""
+    """One namespace's log, for every watcher of it in this process; a LogReader follows it."""
 
     def __init__(self, store: Store, namespace: str):
         self.store = store
@@ -168,40 +168,118 @@ class Feed:
         self.watchers: set[Watcher] = set()
         self.position = "0-0"   # last revision handed to watchers
         self.ready = asyncio.Event()
-        self.task: asyncio.Task | None = None
-        self.closed = False     # set, without awaiting, when the last watcher has left
+        self.closed = False     # set, without awaiting, once no reader follows it
 
     async def start(self) -> None:
         self.position = await last_revision(self.store.redis, self.log_key) or "0-0"
         self.ready.set()
-        self.task = asyncio.create_task(self._follow(), name=f"watch-feed-{self.namespace}")
+
+    def deliver(self, entries) -> None:
+        for revision, fields in entries:
+            event = Event(revision, fields)
+            self.position = revision
+            for watcher in tuple(self.watchers):
+                watcher.offer(event)
+
+    async def went_back(self) -> bool:
+        """After Redis was unreachable: did it come back with an older copy of this log
+        (restored from a stale snapshot)? Then the watchers' view is wrong: OUT_OF_RANGE."""
+        last = await last_generated(self.store.redis, self.log_key)
+        if revision_key(last) < revision_key(self.position):
+            log.warning("watch feed %s: the log went back from %s to %s; watchers must re-list",
+                        self.namespace, self.position, last)
+            self.end(RpcError(grpc.StatusCode.OUT_OF_RANGE, RESET_MESSAGE))
+            return True
+        return False
+
+    def end(self, error: RpcError) -> None:
+        self.closed = True
+        for watcher in tuple(self.watchers):
+            watcher.end(error)
+
+
+class LogReader:
+    """Follows up to STREAMS_PER_READER namespace logs with one XREAD BLOCK on one connection,
+    so N watched namespaces hold N / STREAMS_PER_READER Redis connections, not N. A feed added
+    while the XREAD blocks is read from its position on the next call (within BLOCK_MS), so
+    nothing is missed. (Redis Cluster refuses a multi-key XREAD across slots: there a reader
+    will follow the namespaces of one slot.)"""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.feeds: dict[str, Feed] = {}
+        self.task: asyncio.Task | None = None
+
+    @property
+    def full(self) -> bool:
+        return len(self.feeds) >= STREAMS_PER_READER
+
+    def add(self, feed: Feed) -> None:
+        self.feeds[feed.log_key] = feed
+        if self.task is None:
+            self.task = asyncio.create_task(self._follow(), name="watch-log-reader")
+
+    def stop(self) -> None:
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+        self.task = None
+
+    def _prune(self) -> None:
+        for key, feed in tuple(self.feeds.items()):
+            if feed.closed or not feed.watchers:
+                feed.closed = True
+                del self.feeds[key]
 
     async def _follow(self) -> None:
         client = self.store.client(socket_timeout=BLOCK_MS / 1000 + 5)
         delay = 0.1
+        reconnected = False
         try:
             while True:
-                if not self.watchers:
-                    self.closed = True
+                self._prune()
+                if not self.feeds:
+                    self.task = None  # before any await: add() starts a new task
                     return
                 try:
-                    reply = await client.xread({self.log_key: self.position}, count=READ_COUNT,
-                                               block=BLOCK_MS)
+                    if reconnected:
+                        reconnected = False
+                        if await self.store.check_reset():
+                            return  # the store's listener ended every feed
+                        for feed in tuple(self.feeds.values()):
+                            await feed.went_back()
+                        continue
+                    reply = await client.xread({k: f.position for k, f in self.feeds.items()},
+                                               count=READ_COUNT, block=BLOCK_MS)
                     delay = 0.1
                 except REDIS_DOWN as exc:
-                    log.warning("watch feed %s: redis unreachable (%s); retrying", self.namespace,
-                                exc)
+                    log.warning("watch log reader: redis unreachable (%s); retrying", exc)
+                    reconnected = True
                     await asyncio.sleep(delay)  # back off while Redis is down
                     delay = min(delay * 2, 2.0)
                     continue
-                for _, entries in reply or ():
-                    for revision, fields in entries:
-                        event = Event(revision, fields)
-                        self.position = revision
-                        for watcher in tuple(self.watchers):
-                            watcher.offer(event)
+                for key, entries in reply or ():
+                    feed = self.feeds.get(key)
+                    if feed is not None:
+                        feed.deliver(entries)
+        except Exception as exc:  # noqa: BLE001 - its watchers resume, on a new reader
+            log.exception("watch log reader failed")
+            for feed in self.feeds.values():
+                feed.end(RpcError(grpc.StatusCode.UNAVAILABLE, f"watch reader failed ({exc}); "
+                                  "resume from your last revision"))
+            self.feeds.clear()
+            self.task = None
         finally:
             await client.aclose()
+
+
+async def last_generated(redis, log_key: str) -> str:
+    """The last id the log ever generated ("0-0" without a log)."""
+    try:
+        return (await redis.xinfo_stream(log_key)).get("last-generated-id") or "0-0"
+    except ResponseError as exc:
+        if "no such key" not in str(exc).lower():
+            raise
+        return "0-0"
 
 
 async def last_revision(redis, log_key: str) -> str:
@@ -214,11 +292,18 @@ class Watches:
         self.settings = settings
         self.store = store
         self.feeds: dict[str, Feed] = {}
+        self.readers: list[LogReader] = []
         self.closing: RpcError | None = None
+        store.on_reset(self._store_reset)
+
+    def _store_reset(self) -> None:
+        """Every open watch's view is wrong now: OUT_OF_RANGE, re-list (the client's watch()
+        does that by itself)."""
+        self._end_all(RpcError(grpc.StatusCode.OUT_OF_RANGE, RESET_MESSAGE))
 
     async def _join(self, namespace: str, watcher: Watcher) -> Feed:
         feed = self.feeds.get(namespace)
-        if feed is None or feed.closed or (feed.task is not None and feed.task.done()):
+        if feed is None or feed.closed:
             feed = Feed(self.store, namespace)
             self.feeds[namespace] = feed
             feed.watchers.add(watcher)
@@ -227,11 +312,21 @@ class Watches:
             except BaseException:
                 self.feeds.pop(namespace, None)
                 raise
+            self._reader().add(feed)
         else:
             await feed.ready.wait()
             feed.watchers.add(watcher)
         metrics.WATCHERS.inc()
         return feed
+
+    def _reader(self) -> LogReader:
+        self.readers = [r for r in self.readers if r.feeds or r.task is not None]
+        for reader in self.readers:
+            if not reader.full:
+                return reader
+        reader = LogReader(self.store)
+        self.readers.append(reader)
+        return reader
 
     def _leave(self, feed: Feed, watcher: Watcher) -> None:
         feed.watchers.discard(watcher)
@@ -241,12 +336,15 @@ class Watches:
         """Ends every stream with UNAVAILABLE (clients resume from their revision elsewhere)
         and stops the log readers."""
         self.closing = RpcError(grpc.StatusCode.UNAVAILABLE, message)
+        self._end_all(self.closing)
+
+    def _end_all(self, error: RpcError) -> None:
         for feed in self.feeds.values():
-            for watcher in tuple(feed.watchers):
-                watcher.end(self.closing)
-            if feed.task is not None:
-                feed.task.cancel()
+            feed.end(error)
+        for reader in self.readers:
+            reader.stop()
         self.feeds.clear()
+        self.readers.clear()
 
     async def watch(self, namespace: str, request: pb.WatchRequest, context):
         if self.closing:
@@ -333,10 +431,16 @@ class Watches:
                            "reset); re-list")
         first = info.get("first-entry")
         trimmed = int(info.get("entries-added") or 0) > int(info.get("length") or 0)
-        if trimmed and first and revision_key(first[0]) > since_key:
+        if first and revision_key(first[0]) > since_key:
+            if trimmed:
+                raise RpcError(grpc.StatusCode.OUT_OF_RANGE,
+                               f"since_revision: {since} is compacted, re-list (the log keeps "
+                               f"about {self.settings.log_max_events} events)")
+            if since_key == (0, 0):
+                return  # from the start of an empty log: nothing was missed
+            # Never trimmed, yet it starts after the revision: a new log, the store was reset.
             raise RpcError(grpc.StatusCode.OUT_OF_RANGE,
-                           f"since_revision: {since} is compacted, re-list (the log keeps "
-                           f"about {self.settings.log_max_events} events)")
+                           f"since_revision: {since} is older than the log; {RESET_MESSAGE}")
 
     async def _snapshot(self, namespace: str, selector: Selector):
         scripts = self.store.scripts

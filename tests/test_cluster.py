@@ -42,11 +42,12 @@ async def test_every_script_runs_on_redis_cluster(cluster):
             slots.add(r.keyslot(k.log))
             reply = await scripts.register(
                 keys=[k.log, k.deadlines, k.agent("w1"), k.lease("w1")],
-                args=[k.prefix, "w1", 60000, 1000, 1, 1, "py,tf", "e:1", "", "", "", "zone", "eu"])
+                args=[k.prefix, "w1", 60000, 1000, 1, 1, "py,tf", "e:1", "", "", "", 0, "zone",
+                      "eu"])
             assert reply[0] == "registered"
             beat = await scripts.heartbeat(
                 keys=[k.log, k.deadlines, k.agent("w1"), k.lease("w1"), k.inbox("w1")],
-                args=[k.prefix, "w1", 60000, 1000, 3, 0, 0, 0, 0, 0, 0.5, 0.9, "", 16])
+                args=[k.prefix, "w1", 60000, 1000, 3, 0, 0, 0, 0, 0, 0.5, 0.9, "", 16, 60000])
             assert beat[0] == 3
             found = await scripts.discover(keys=[k.capability("py"), k.capability("tf")],
                                            args=[k.prefix, 10, 0, 200, 0, "[]"])
@@ -58,10 +59,10 @@ async def test_every_script_runs_on_redis_cluster(cluster):
             assert await scripts.notify(keys=[k.log, k.agent("w1"), k.inbox("w1")],
                                         args=[k.prefix, "w1", 1000, "kind", "payload", 10])
             assert (await scripts.stats(keys=[k.counts, k.health, k.log]))[0] == 1
-            assert await scripts.reap(keys=[k.log, k.deadlines],
-                                      args=[k.prefix, 1000, 100, ""]) == 0
+            assert (await scripts.reap(keys=[k.log, k.deadlines],
+                                       args=[k.prefix, 1000, 100, "", 60000]))[0] == 0
             assert await scripts.deregister(keys=[k.log, k.deadlines, k.agent("w1")],
-                                            args=[k.prefix, "w1", 1000, "evicted", "x", ""]) == 1
+                                            args=[k.prefix, "w1", 1000, "evicted", "x", ""]) == 2  # the last
         nodes_used = {r.get_node_from_key(keys.namespace(ns).log).port
                       for ns in ("alpha", "beta", "gamma", "delta")}
         assert len(slots) == 4 and len(nodes_used) >= 2

@@ -4,7 +4,7 @@
 local unpack = unpack or table.unpack  -- Lua 5.1 (Redis) and 5.4 (embedded lupa)
 
 local EV = {REGISTERED = 3, UPDATED = 4, STATUS_CHANGED = 5, DEREGISTERED = 6,
-            EXPIRED = 7, EVICTED = 8, NOTIFICATION = 10}
+            EXPIRED = 7, EVICTED = 8, PROGRESS = 9, NOTIFICATION = 10}
 local HEALTHY, UNHEALTHY, DEGRADED = 1, 2, 3
 -- Order of statuses in results: HEALTHY, DEGRADED, UNHEALTHY, unknown.
 local STATUS_RANK = {[HEALTHY] = 0, [DEGRADED] = 1, [UNHEALTHY] = 2}
@@ -12,6 +12,18 @@ local STATUS_RANK = {[HEALTHY] = 0, [DEGRADED] = 1, [UNHEALTHY] = 2}
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A stream id Redis accepts: "<ms>-<seq>", each part at most 2^64 - 1 (compared as text:
+-- Lua numbers are doubles and cannot hold it).
+local U64_MAX = '18446744073709551615'
+local function u64_text(s)
+  s = string.gsub(s, '^0+(%d)', '%1')
+  return #s < 20 or (#s == 20 and s <= U64_MAX)
+end
+local function valid_stream_id(id)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  return ms ~= nil and u64_text(ms) and u64_text(seq)
 end
 
 local function to_map(flat)
@@ -119,6 +131,53 @@ local function is_live(rec, now)
   return rec[F.deadline] ~= nil and tonumber(rec[F.deadline]) > now
 end
 
+-- Registry outages (README "No mass expiry after a registry outage"). K.ACTIVE holds when the
+-- registry last worked in the namespace: accepted a heartbeat or register, or swept it (the
+-- sweeper visits every namespace with agents at least every half timeout). A silence longer
+-- than `quiet_ms` means no registry process ran: an outage {s, e}. quiet_ms 0 = protection off.
+-- Read-only, so a script can decide before its first write.
+local function detect_outage(P, now, quiet_ms)
+  local last = tonumber(redis.call('GET', P .. K.ACTIVE))
+  if quiet_ms > 0 and last and now - last > quiet_ms then return {last, now} end
+  return nil
+end
+
+local function recorded_outage(P)
+  local g = redis.call('HMGET', P .. K.GAP, 's', 'e')
+  if g[1] and g[2] then return {tonumber(g[1]), tonumber(g[2])} end
+  return nil
+end
+
+-- Marks the registry active now; an outage just detected is recorded, once, and logged as a
+-- PROGRESS event whose reason says what happened.
+local function record_activity(P, maxlen, now, detected)
+  redis.call('SET', P .. K.ACTIVE, now)
+  if not detected then return end
+  local gap = detected[2] - detected[1]
+  redis.call('HSET', P .. K.GAP, 's', detected[1], 'e', detected[2])
+  redis.call('XADD', P .. K.LOG, 'MAXLEN', '~', maxlen, '*', EF.type, EV.PROGRESS, EF.agent, '',
+    EF.reason, string.format('registry outage: no registry process worked in this namespace '
+      .. 'for %.1f s; lease deadlines that fell inside it move forward by %.1f s, once',
+      gap / 1000, gap / 1000))
+end
+
+-- How far to move an overdue deadline: the outage's length when the deadline fell inside it
+-- and was not moved before, else 0.
+local function outage_shift(rec, outage)
+  if not outage or rec[F.moved] or not rec[F.deadline] then return 0 end
+  local d = tonumber(rec[F.deadline])
+  if d > outage[1] and d <= outage[2] then return outage[2] - outage[1] end
+  return 0
+end
+
+local function move_deadline(P, name, rec, shift, now)
+  local deadline = tonumber(rec[F.deadline]) + shift
+  rec[F.deadline], rec[F.moved] = tostring(deadline), '1'
+  redis.call('HSET', P .. K.AGENT .. name, F.deadline, rec[F.deadline], F.moved, '1')
+  redis.call('ZADD', P .. K.DEADLINES, deadline, name)
+  redis.call('SET', P .. K.LEASE .. name, '1', 'PX', math.max(deadline - now, 1))
+end
+
 -- Removes an agent, its lease, inbox and index entries, and logs `ev`. False if it was absent.
 local function remove_agent(P, maxlen, name, ev, reason)
   local flat = redis.call('HGETALL', P .. K.AGENT .. name)
@@ -129,20 +188,26 @@ local function remove_agent(P, maxlen, name, ev, reason)
   local rec = to_map(flat)
   index_remove(P, name, rec)
   redis.call('DEL', P .. K.AGENT .. name, P .. K.LEASE .. name, P .. K.INBOX .. name)
+  if redis.call('ZCARD', P .. K.DEADLINES) == 0 then
+    redis.call('DEL', P .. K.ACTIVE, P .. K.GAP)  -- the last agent: no outage state stays
+  end
   append_event(P, maxlen, ev, name, rec, reason)
   return true
 end
 
--- Loads a live agent, reaping it (EXPIRED event) when its deadline has passed. nil if absent.
-local function load_live(P, maxlen, name, now)
+-- Loads a live agent: one whose deadline is ahead, or fell inside a registry outage (`outage`,
+-- default the recorded one) and was not moved before; the second result is then how far the
+-- caller is to move it (0 for a plain live agent). Any other agent past its deadline is reaped
+-- here (EXPIRED event); nil when absent or reaped.
+local function load_live(P, maxlen, name, now, outage)
   local flat = redis.call('HGETALL', P .. K.AGENT .. name)
   if #flat == 0 then return nil end
   local rec = to_map(flat)
-  if not is_live(rec, now) then
-    remove_agent(P, maxlen, name, EV.EXPIRED, '')
-    return nil
-  end
-  return rec
+  if is_live(rec, now) then return rec, 0 end
+  local shift = outage_shift(rec, outage or recorded_outage(P))
+  if shift > 0 and tonumber(rec[F.deadline]) + shift > now then return rec, shift end
+  remove_agent(P, maxlen, name, EV.EXPIRED, '')
+  return nil
 end
 
 -- Filters are [[field, op, value], ...] with op "eq" (string equality), "ge" or "le" (numeric).

@@ -6,6 +6,7 @@ heartbeats again, and resumes watches from the last revision after a disconnect.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import secrets
@@ -16,6 +17,8 @@ import grpc
 
 from ..proto_stubs import service_registry_pb2 as pb
 from ..proto_stubs import service_registry_pb2_grpc as pb_grpc
+
+_log = logging.getLogger("neural_hive_integration.service_registry")
 
 # Every unary call is safe to resend (ids are chosen before the call, scripts are idempotent;
 # a notification may arrive twice, as documented). CANCELLED comes from a draining server.
@@ -301,12 +304,17 @@ class ServiceRegistryClient:
     async def watch(self, namespace: str = "", *, capability: str = "",
                     agent_type: str | int = "", filters: dict | None = None,
                     since_revision: str = "", snapshot: bool = True, agent_id: str = "",
-                    ) -> AsyncIterator[pb.WatchEvent]:
+                    on_resync=None) -> AsyncIterator[pb.WatchEvent]:
         """Yields WatchEvents forever. Without since_revision it starts with a snapshot (unless
         snapshot=False). After a disconnect it resumes from the last revision it saw, so no
-        event is lost or repeated; raises WatchCompacted when that revision was trimmed."""
+        event is lost or repeated. Raises WatchCompacted when the since_revision given is no
+        longer in the log. When a watch under way can no longer resume (the store was reset,
+        or its revision was trimmed), it re-lists by itself: it logs a warning, calls
+        `on_resync(reason)` if given, and sends a fresh snapshot (SNAPSHOT events, then
+        SNAPSHOT_END) that replaces everything seen before."""
         revision = since_revision
         delay = self.backoff
+        started = False  # an event arrived: from now on OUT_OF_RANGE means resynchronise
         while True:
             request = pb.WatchRequest(
                 namespace=namespace or self.namespace, capability=capability,
@@ -318,6 +326,7 @@ class ServiceRegistryClient:
             try:
                 async for event in call:
                     delay = self.backoff
+                    started = True
                     if event.revision and event.type != pb.SNAPSHOT:
                         revision = event.revision
                     yield event
@@ -325,7 +334,13 @@ class ServiceRegistryClient:
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 if code == grpc.StatusCode.OUT_OF_RANGE:
-                    raise WatchCompacted(code, exc.details() or "") from None
+                    if not started:
+                        raise WatchCompacted(code, exc.details() or "") from None
+                    _log.warning("watch: %s; listing again", exc.details())
+                    if on_resync is not None:
+                        on_resync(exc.details() or "")
+                    revision, snapshot, started = "", True, False
+                    continue
                 if code not in _WATCH_RESUMABLE:
                     raise RegistryError(code, exc.details() or "") from None
             finally:
