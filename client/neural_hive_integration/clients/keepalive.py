@@ -42,8 +42,9 @@ SERVICE = "/service_registry.ServiceRegistry/"
 CHUNK = 250            # heartbeats per HeartbeatBatch call (the server allows 1000)
 MAX_IN_FLIGHT = 4      # concurrent calls of one group (the server pipelines them into Redis)
 INTERVAL_SHARE = 1 / 3  # default interval: this share of the server's heartbeat timeout
-JITTER = (0.85, 1.0)   # each send's next beat comes after interval x uniform(JITTER)
-COALESCE = 0.15        # an agent due within this share of its interval joins an earlier send
+JITTER = (0.85, 1.0)   # a new tick comes interval x uniform(JITTER) after the beat that made it
+COALESCE = 0.1         # an agent due within this share of its interval joins an earlier send
+FIRST_BEAT = 0.1       # seconds (at most; a quarter of the interval) new agents gather for a first send
 CHECKPOINT_AGE = 30.0  # seconds between refreshes of a namespace's change-log revision
 LOOKUP_TIMEOUT = 10.0  # bound on reading the change log to tell why an agent is gone
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
@@ -245,7 +246,7 @@ class KeepAlive:
         self._cache: tuple[object, bytes] | None = None
         self._reregistered = False
         self._queue: asyncio.Queue[pb.Notification] = asyncio.Queue()
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._first_beat: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -308,10 +309,10 @@ class KeepAlive:
         self._check_ended(future)
         return await future
 
-    async def changed(self) -> None:
-        """Returns at the next change of state: a beat, a failure, a loss, the end."""
-        self._changed.clear()
-        await self._changed.wait()
+    def changed(self) -> asyncio.Future[None]:
+        """Resolves at the next change of state (a beat, a failure, a loss, the end):
+        `await ka.changed()`. Taken when called, so no change in between is missed."""
+        return asyncio.shield(self._changed)
 
     async def notifications(self) -> AsyncIterator[pb.Notification]:
         """Notifications for this agent, each once, acknowledged with the next beat after it
@@ -346,7 +347,8 @@ class KeepAlive:
                                                       "keep-alive stopped"))
 
     def _signal(self) -> None:
-        self._changed.set()
+        self._changed.set_result(None)
+        self._changed = asyncio.get_running_loop().create_future()
 
     def _end(self, error: BaseException | None) -> None:
         if self._ended.done():
@@ -496,6 +498,7 @@ class _KeepAliveGroup:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.failures = 0
         self.checkpoints: dict[str, tuple[str, float]] = {}  # namespace -> (revision, taken at)
+        self.ticks: dict[float, float] = {}  # interval -> time of the next shared beat
 
     def __contains__(self, agent_id: str) -> bool:
         return agent_id in self.agents
@@ -516,7 +519,9 @@ class _KeepAliveGroup:
         agent.since = await self._checkpoint(agent.namespace)
         if agent.removed:
             return
-        agent.next_due = 0.0  # the first beat goes out at once
+        # agents started together share their first send, and from then on their schedule
+        loop = asyncio.get_running_loop()
+        agent.next_due = loop.time() + min(FIRST_BEAT, agent.interval * 0.25)
         self.agents[agent.agent_id] = agent
         if self.transport is None:
             self.transport = TRANSPORTS[self.transport_name](self.client)
@@ -588,7 +593,9 @@ class _KeepAliveGroup:
         while self.agents:
             now = loop.time()
             idle = [a for a in self.agents.values() if not a.busy]
-            due = [a for a in idle if a.next_due <= now + COALESCE * a.interval]
+            # once one agent is due, those due a little later go along
+            due = [a for a in idle if a.next_due <= now + COALESCE * a.interval] \
+                if any(a.next_due <= now for a in idle) else []
             if not due:
                 self.wake.clear()
                 wait = min((a.next_due for a in idle), default=now + 3600.0) - now
@@ -615,6 +622,17 @@ class _KeepAliveGroup:
             await self._checkpoint(namespace)
         except RegistryError as exc:
             log.debug("checkpoint of %s failed: %s", namespace, exc)
+
+    def _next_tick(self, interval: float, now: float) -> float:
+        """The next beat of an agent beaten at `now`: the tick its interval's agents already
+        share if it is 0.5 to 1 interval away, else a new one (jittered, so that processes
+        started together drift apart). Agents started at different moments thus converge on one
+        send per interval."""
+        tick = self.ticks.get(interval)
+        if tick is None or not now + interval * 0.5 <= tick <= now + interval:
+            tick = now + interval * random.uniform(*JITTER)
+            self.ticks[interval] = tick
+        return tick
 
     def _backoff(self, agent: KeepAlive) -> float:
         """Exponential in the group's consecutive failures, with jitter, capped at half the
@@ -645,7 +663,6 @@ class _KeepAliveGroup:
                 self._call_failed(chunk, exc)
                 return
             self.failures = 0
-            pause = random.uniform(*JITTER)
             now = loop.time()
             for agent, reply in zip(chunk, replies):
                 if agent.removed:
@@ -653,7 +670,7 @@ class _KeepAliveGroup:
                 code = _CODES.get(reply.error_code, grpc.StatusCode.UNKNOWN)
                 if code == grpc.StatusCode.OK:
                     agent._accepted(reply)
-                    agent.next_due = 0.0 if agent.forced else now + agent.interval * pause
+                    agent.next_due = 0.0 if agent.forced else self._next_tick(agent.interval, now)
                     checkpoint = self.checkpoints.get(agent.namespace)
                     if checkpoint is not None and checkpoint[0] and checkpoint[1] <= sent_at:
                         agent.since = checkpoint[0]
