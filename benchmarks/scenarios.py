@@ -849,3 +849,6 @@ async def _expire(bench, scenario: str, ns: str, n: int, live: int) -> None:
     if resumed:
         result.notes.append(f"the watcher resumed {len(resumed)} time(s) ({resumed[0]})")
     bench.add(_fill(result, cpu, None))
+
+
+from .keepalive import keepalive  # noqa: E402,F401 - its own module (issue 12)

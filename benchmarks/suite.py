@@ -83,8 +83,8 @@ PROFILES = {
                     batch_callers=1, channels=1),
 }
 
-SCENARIOS = ("ceilings", "register", "heartbeat", "memory", "discover", "mixed", "watch",
-             "expiry")
+SCENARIOS = ("ceilings", "register", "heartbeat", "keepalive", "memory", "discover", "mixed",
+             "watch", "expiry")
 
 
 @dataclass
