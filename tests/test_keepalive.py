@@ -304,6 +304,16 @@ async def test_context_manager_stops_and_deregisters(registry):
 
 
 @integration
+async def test_closing_the_client_while_a_keep_alive_starts(registry):
+    client = registry.new_client()
+    ka = client.keep_alive(new_agent(), interval=0.05)
+    await client.close()
+    assert ka.done and keepalive_tasks() == []
+    with pytest.raises(RegistryError):
+        await ka
+
+
+@integration
 async def test_keep_alive_by_id_of_an_agent_registered_before(registry):
     client = registry.new_client()
     agent = new_agent()

@@ -153,7 +153,7 @@ class _StreamTransport:
                     self.pending.append(future)
                     futures.append(future)
                     await call.write(request)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure to write breaks the stream
                 self._broken(call, exc)
         try:
             return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
@@ -251,6 +251,8 @@ class KeepAlive:
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.reregistering: asyncio.Task[None] | None = None
+        self.group = client._keepalive_group()
+        self.group.handles.add(self)  # so that client.close() stops it even while it starts
         self._spawn(self._start(), "start")
         if on_notification is not None:
             self._spawn(self._deliver(), "notifications")
@@ -287,7 +289,7 @@ class KeepAlive:
         """Stops heartbeating; with deregister (default: keep_alive's `deregister`) the agent
         is removed from the registry too. Leaves no task behind."""
         deregister = self.deregister_on_stop if deregister is None else deregister
-        await self.client._keepalive_group().discard(self)
+        await self.group.discard(self)
         if self.reregistering is not None:
             await asyncio.gather(self.reregistering, return_exceptions=True)
         self._end(None)
@@ -361,12 +363,13 @@ class KeepAlive:
         for future in self.waiters + self.sent_waiters:
             self._check_ended(future)
         self.waiters, self.sent_waiters = [], []
+        self.group.handles.discard(self)
         self._signal()
 
     async def _start(self) -> None:
         try:
             await self._resolve()
-            await self.client._keepalive_group().add(self)
+            await self.group.add(self)
         except Exception as exc:  # noqa: BLE001 - reported through wait() and await
             self._end(exc if isinstance(exc, RegistryError) else
                       RegistryError(grpc.StatusCode.UNKNOWN, repr(exc)))
@@ -491,7 +494,8 @@ class _KeepAliveGroup:
         self.client = client
         self.transport_name = transport
         self.transport: _BatchTransport | _StreamTransport | None = None
-        self.agents: dict[str, KeepAlive] = {}
+        self.agents: dict[str, KeepAlive] = {}   # being kept alive
+        self.handles: set[KeepAlive] = set()     # not ended yet, starting ones too
         self.wake = asyncio.Event()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.loop_task: asyncio.Task[None] | None = None
@@ -568,7 +572,7 @@ class _KeepAliveGroup:
 
     async def close(self) -> None:
         """At client close: every keep-alive stops (deregistering those that asked to)."""
-        for agent in list(self.agents.values()):
+        for agent in list(self.handles):
             try:
                 await agent.stop()
             except RegistryError as exc:
@@ -721,8 +725,10 @@ class _KeepAliveGroup:
 
     async def _reregister(self, agent: KeepAlive, lost: AgentLost) -> None:
         loop = asyncio.get_running_loop()
+        registered = False
         try:
             await agent._lost(lost)
+            registered = True
         except RegistryError as exc:
             agent._failed(exc)
             if exc.code not in _TRANSIENT:
@@ -732,8 +738,8 @@ class _KeepAliveGroup:
             if agent.done:
                 await self.discard(agent)
             else:
-                agent.next_due = (loop.time() + self._backoff(agent) if agent.pending_loss
-                                  and agent.failures else 0.0)
+                # registered again: beat at once; else try again after a pause
+                agent.next_due = 0.0 if registered else loop.time() + self._backoff(agent)
                 agent.busy = False
                 self.wake.set()
 
