@@ -124,6 +124,27 @@ async def test_agents_of_one_client_share_a_few_batch_calls(registry):
     await client.close()
 
 
+async def test_a_failing_telemetry_callable_still_renews_the_lease(registry):
+    client = registry.new_client()
+    calls = []
+
+    def telemetry() -> HealthStatus:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("sensor down")
+        return health(0.7)
+
+    agent = new_agent()
+    ka = await client.keep_alive(agent, telemetry=telemetry, interval=0.1)
+    before = ka.expires_at_unix_ms
+    await ka.next_beat()
+    await ka.next_beat()
+    assert ka.expires_at_unix_ms > before and ka.failures == 0
+    seen = await client.get_agent(agent.agent_id)
+    assert seen.status == "degraded" and seen.telemetry["success_rate"] == 0.7  # kept
+    await client.close()
+
+
 @integration
 async def test_update_health_beats_now_and_changes_what_later_beats_send(registry):
     client = registry.new_client()

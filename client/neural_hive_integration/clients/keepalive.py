@@ -398,7 +398,12 @@ class KeepAlive:
     def _request(self) -> bytes:
         """This beat's HeartbeatRequest, serialized (cached while telemetry does not change)."""
         source = self.telemetry
-        health = source() if callable(source) else source
+        try:
+            health = source() if callable(source) else source
+        except Exception:  # noqa: BLE001 - the lease is renewed anyway, the telemetry kept
+            log.exception("telemetry callable of %s failed; beating without telemetry",
+                          self.agent_id)
+            health = None
         health = health if health is not None else HealthStatus()
         self.sent_acks = list(self.acks)
         key = (health.status, tuple(sorted(health.metrics.items())))
