@@ -55,6 +55,12 @@ async def until(ka, predicate, timeout: float = 15.0) -> None:
             pass
 
 
+async def assert_inbox_empty(registry, agent_id: str) -> None:
+    """Every notification was acknowledged: a plain heartbeat gets none back."""
+    raw = await registry.stub.Heartbeat(pb.HeartbeatRequest(agent_id=agent_id))
+    assert list(raw.notifications) == []
+
+
 def keepalive_tasks() -> list[str]:
     return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("keepalive")]
 
@@ -174,8 +180,7 @@ async def test_notifications_reach_the_callback_once_and_are_acknowledged(regist
     assert [n.notification_id for n in got] == ids
     assert [n.payload for n in got] == ["0", "1", "2"]
     await ka.stop()
-    raw = await registry.stub.Heartbeat(pb.HeartbeatRequest(agent_id=agent.agent_id))
-    assert list(raw.notifications) == []  # acknowledged: the inbox is empty
+    await assert_inbox_empty(registry, agent.agent_id)
     await client.close()
 
 
@@ -191,8 +196,7 @@ async def test_notifications_as_an_async_iterator(registry):
     await ka.next_beat()
     await ka.next_beat()
     await ka.stop()
-    raw = await registry.stub.Heartbeat(pb.HeartbeatRequest(agent_id=agent.agent_id))
-    assert list(raw.notifications) == []
+    await assert_inbox_empty(registry, agent.agent_id)
     await client.close()
 
 

@@ -95,6 +95,15 @@ def _status_error(exc: grpc.aio.AioRpcError) -> RegistryError:
     return RegistryError(exc.code(), exc.details() or "")
 
 
+def _spawn(tasks: set[asyncio.Task[Any]], coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
+    """A task named keepalive:<what>, kept in `tasks` until done (so stop() can end it)."""
+    task = asyncio.ensure_future(coro)
+    task.set_name(f"keepalive:{what}")
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return task
+
+
 async def _maybe_await(value: object) -> None:
     if inspect.isawaitable(value):
         await value
@@ -336,11 +345,7 @@ class KeepAlive:
 
     # -- internals --------------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        task.set_name(f"keepalive:{what}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return _spawn(self._tasks, coro, what)
 
     def _check_ended(self, future: asyncio.Future[Any]) -> None:
         if self.done and not future.done():
@@ -513,11 +518,7 @@ class _KeepAliveGroup:
         return agent_id in self.agents
 
     def _spawn(self, coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        task.set_name(f"keepalive:{what}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
+        return _spawn(self.tasks, coro, what)
 
     async def add(self, agent: KeepAlive) -> None:
         other = self.agents.get(agent.agent_id)
