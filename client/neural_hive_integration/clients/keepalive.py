@@ -202,7 +202,8 @@ class _StreamTransport:
             await asyncio.gather(self.reader, return_exceptions=True)
 
 
-TRANSPORTS = {"batch": _BatchTransport, "stream": _StreamTransport}
+TRANSPORTS: dict[str, type[_BatchTransport] | type[_StreamTransport]] = {
+    "batch": _BatchTransport, "stream": _StreamTransport}
 
 
 class KeepAlive:
@@ -332,7 +333,8 @@ class KeepAlive:
             raise RuntimeError("notifications go to on_notification; iterate or pass a callback")
         while not self.done or not self._queue.empty():
             get = asyncio.ensure_future(self._queue.get())
-            await asyncio.wait([get, self._ended], return_when=asyncio.FIRST_COMPLETED)
+            waiting: list[asyncio.Future[Any]] = [get, self._ended]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if not get.done():
                 get.cancel()
                 await asyncio.gather(get, return_exceptions=True)
@@ -650,7 +652,7 @@ class _KeepAliveGroup:
         server is back."""
         c = self.client
         cap = min(c.max_backoff, agent.interval / 2)
-        delay = min(c.backoff * 2 ** min(self.failures, 16), cap)
+        delay = min(c.backoff * 2.0 ** min(self.failures, 16), cap)
         return delay * random.uniform(0.5, 1.0)
 
     async def _send(self, chunk: list[KeepAlive]) -> None:

@@ -183,7 +183,7 @@ class ServiceRegistryClient:
             self._stub = pb_grpc.ServiceRegistryStub(self._channel)
         return self._stub
 
-    def _metadata(self):
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
         return (("authorization", f"Bearer {self.token}"),) if self.token else None
 
     async def _call(self, method: str, request):
