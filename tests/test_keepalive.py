@@ -403,14 +403,16 @@ def test_stopping_leaves_no_pending_task(tmp_path):
 
 # -- the server goes away ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("how", ["kill", "drain"])
-async def test_lease_is_renewed_after_the_server_comes_back(redis_proc, server_processes, how):
+@pytest.mark.parametrize("how,via", [("kill", "batch"), ("drain", "batch"), ("kill", "stream")])
+async def test_lease_is_renewed_after_the_server_comes_back(redis_proc, server_processes, how,
+                                                            via):
     """The only server process dies (or drains on SIGTERM) and starts again on the same port:
     the keep-alive retries with backoff and renews the lease before it runs out, so the agent
     is never re-registered."""
     server = await server_processes(redis_proc.url, HEARTBEAT_TIMEOUT=10, SHUTDOWN_GRACE=1)
     host, port = server.address.split(":")
-    client = ServiceRegistryClient(host, int(port), retries=1, backoff=0.05)
+    client = ServiceRegistryClient(host, int(port), retries=1, backoff=0.05,
+                                   keepalive_transport=via)
     agent = new_agent()
     ka = await client.keep_alive(agent)
     assert ka.interval == pytest.approx(10 / 3)
