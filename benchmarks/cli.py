@@ -28,8 +28,8 @@ import click
 @click.option("--loadgen-procs", default=2, show_default=True, type=click.IntRange(1, 32),
               help="load generator processes")
 @click.option("--scenarios", default="", metavar="LIST",
-              help="comma-separated subset of: ceilings, register, heartbeat, memory, "
-                   "discover, mixed, watch, expiry")
+              help="comma-separated subset of: ceilings, register, heartbeat, keepalive, "
+                   "memory, discover, mixed, watch, expiry")
 @click.option("--duration", type=float, default=None,
               help="measured seconds of each throughput scenario (overrides the profile)")
 @click.option("--h2load/--no-h2load", "use_h2load", default=True,

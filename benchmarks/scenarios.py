@@ -855,3 +855,4 @@ async def _expire(bench, scenario: str, ns: str, n: int, live: int) -> None:
 
 from .httpapi import http  # noqa: E402,F401 - the HTTP port's scenarios (issue 13)
 from .balanced import balanced  # noqa: E402,F401 - the issue-14 scenarios, by name
+from .keepalive import keepalive  # noqa: E402,F401 - its own module (issue 12)

@@ -85,8 +85,8 @@ PROFILES = {
                     batch_callers=1, channels=1),
 }
 
-SCENARIOS = ("ceilings", "register", "heartbeat", "memory", "discover", "balanced", "mixed",
-             "watch", "expiry", "http")
+SCENARIOS = ("ceilings", "register", "heartbeat", "keepalive", "memory", "discover", "balanced",
+             "mixed", "watch", "expiry", "http")
 
 
 @dataclass

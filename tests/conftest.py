@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from neural_hive_integration.clients import ServiceRegistryClient
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
+from integration_target import external_registry
 from server.app import Server
 from server.config import Settings
 from server.testing import RedisServer, free_port
@@ -115,7 +116,13 @@ async def running_registry(kind: str, redis_proc: RedisProcess | None = None, **
 
 @pytest.fixture(params=["redis", "embedded"])
 async def registry(request):
-    """The same scenario on real Redis and on the embedded store."""
+    """The same scenario on real Redis and on the embedded store (tests marked `integration`:
+    on the server of SERVICE_REGISTRY_HOST/PORT when set, see integration_target.py)."""
+    external = external_registry(request)
+    if external is not None:
+        yield external
+        await external.close()
+        return
     proc = None
     if request.param == "redis":
         proc = RedisProcess()

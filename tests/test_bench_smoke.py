@@ -20,6 +20,7 @@ SCENARIOS = {
                  "ceiling.grpc_echo.batch"),
     "register": ("register.storm",),
     "heartbeat": ("heartbeat.unary", "heartbeat.stream.pingpong", "heartbeat.batch"),
+    "keepalive": ("keepalive.batch", "keepalive.stream"),
     "memory": ("memory.per_agent",),
     "discover": ("discover.200.1cap", "discover.200.2caps", "discover.200.3caps",
                  "discover.200.2caps+zone"),

@@ -11,7 +11,7 @@ import os
 import random
 import secrets
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 import grpc
 
@@ -20,6 +20,10 @@ from ..proto_stubs import service_registry_pb2_grpc as pb_grpc
 
 _log = logging.getLogger("neural_hive_integration.service_registry")
 
+if TYPE_CHECKING:
+    from .keepalive import KeepAlive, LostHandler, NotificationHandler, Telemetry, \
+        _KeepAliveGroup
+
 # Every unary call is safe to resend (ids are chosen before the call, scripts are idempotent;
 # a notification may arrive twice, as documented). CANCELLED comes from a draining server.
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
@@ -27,6 +31,10 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 _WATCH_RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
                     grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                     grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+# gRPC's own reconnect backoff reaches 120 s; a keep-alive must be back well within a lease.
+_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 class RegistryError(Exception):
@@ -138,6 +146,8 @@ class ServiceRegistryClient:
 
     token: bearer token (or SERVICE_REGISTRY_TOKEN); root_certificates / certificate_chain /
     private_key: PEM bytes for TLS and mutual TLS (tls=True with none uses system roots).
+    keepalive_transport: "batch" (HeartbeatBatch per tick, the default: it measured cheaper) or
+    "stream" (one HeartbeatStream) for the agents of keep_alive().
     """
 
     def __init__(self, host: str | None = None, port: int | None = None, *,
@@ -145,7 +155,7 @@ class ServiceRegistryClient:
                  root_certificates: bytes | None = None, private_key: bytes | None = None,
                  certificate_chain: bytes | None = None, timeout: float = 10.0,
                  retries: int = 5, backoff: float = 0.1, max_backoff: float = 2.0,
-                 namespace: str = ""):
+                 namespace: str = "", keepalive_transport: str = "batch"):
         self.host = host or os.environ.get("SERVICE_REGISTRY_HOST", "localhost")
         self.port = int(port or os.environ.get("SERVICE_REGISTRY_PORT", 50051))
         self.token = token if token is not None else os.environ.get("SERVICE_REGISTRY_TOKEN")
@@ -160,6 +170,8 @@ class ServiceRegistryClient:
         self._stub: pb_grpc.ServiceRegistryStub | None = None
         self._registered: dict[str, AgentInfo] = {}  # for re-registering after expiry
         self._pending_acks: dict[str, list[str]] = {}
+        self.keepalive_transport = keepalive_transport
+        self._keepalive: _KeepAliveGroup | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
     @property
@@ -169,13 +181,13 @@ class ServiceRegistryClient:
             if self.tls:
                 roots, key, chain = self._tls_files
                 creds = grpc.ssl_channel_credentials(roots, key, chain)
-                self._channel = grpc.aio.secure_channel(target, creds)
+                self._channel = grpc.aio.secure_channel(target, creds, options=_CHANNEL_OPTIONS)
             else:
-                self._channel = grpc.aio.insecure_channel(target)
+                self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
             self._stub = pb_grpc.ServiceRegistryStub(self._channel)
         return self._stub
 
-    def _metadata(self):
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
         return (("authorization", f"Bearer {self.token}"),) if self.token else None
 
     async def _call(self, method: str, request):
@@ -193,6 +205,10 @@ class ServiceRegistryClient:
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
+        """Stops every keep-alive (deregistering those with deregister=True), then closes."""
+        if self._keepalive is not None:
+            await self._keepalive.close()
+            self._keepalive = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = self._stub = None
@@ -207,6 +223,9 @@ class ServiceRegistryClient:
     async def register_agent(self, agent: AgentInfo) -> str:
         """Registers (or re-registers) `agent`, sets agent.agent_id and returns it. The id is
         chosen here when empty, so a retried call cannot register the agent twice."""
+        return (await self._register(agent)).agent_id
+
+    async def _register(self, agent: AgentInfo) -> pb.RegisterResponse:
         request = agent.to_register_request()
         if not request.agent_id:
             request.agent_id = secrets.token_hex(8)
@@ -214,12 +233,17 @@ class ServiceRegistryClient:
         agent.agent_id = reply.agent_id
         agent.namespace = reply.agent.namespace
         self._registered[reply.agent_id] = agent
-        return reply.agent_id
+        return reply
 
     async def update_health(self, agent_id: str, health: HealthStatus) -> HeartbeatResult:
         """Heartbeats; if the agent expired (NOT_FOUND) and was registered through this
         client, registers it again under the same id and heartbeats once more. Notifications
-        returned by the previous heartbeat are acknowledged with this one."""
+        returned by the previous heartbeat are acknowledged with this one.
+
+        For an agent under keep_alive(), `health` becomes what its keep-alive sends, and this
+        beat goes out at once with the keep-alive's next batch."""
+        if self._keepalive is not None and agent_id in self._keepalive:
+            return await self._keepalive.update_health(agent_id, health)
         acks = self._pending_acks.pop(agent_id, [])
         request = health.to_heartbeat_request(agent_id, acks)
         reregistered = False
@@ -240,7 +264,10 @@ class ServiceRegistryClient:
                                reregistered=reregistered)
 
     async def deregister_agent(self, agent_id: str) -> bool:
-        """True if the agent was registered; deregistering twice is not an error."""
+        """True if the agent was registered; deregistering twice is not an error. Stops its
+        keep-alive, if any."""
+        if self._keepalive is not None and agent_id in self._keepalive:
+            await self._keepalive.agents[agent_id].stop(deregister=False)
         self._registered.pop(agent_id, None)
         self._pending_acks.pop(agent_id, None)
         reply = await self._call("Deregister", pb.DeregisterRequest(agent_id=agent_id))
@@ -299,6 +326,37 @@ class ServiceRegistryClient:
 
     async def get_stats(self, namespace: str = "") -> pb.StatsResponse:
         return await self._call("GetStats", pb.StatsRequest(namespace=namespace))
+
+    # -- keep-alive -------------------------------------------------------------------------
+    def keep_alive(self, agent: AgentInfo | str, *, telemetry: Telemetry = None,
+                   interval: float | None = None, deregister: bool = False,
+                   on_notification: NotificationHandler | None = None,
+                   on_lost: LostHandler | None = None,
+                   reregister_evicted: bool = True) -> KeepAlive:
+        """Heartbeats `agent` in the background until stopped, the client is closed, or the
+        agent is deregistered; see keepalive.py and the README's "Keeping agents alive".
+
+        agent: an AgentInfo (registered first unless this client registered it) or the id of
+        a registered agent. telemetry: a HealthStatus, or a callable returning one, read at
+        each beat. interval: seconds between beats (default: a third of the server's heartbeat
+        timeout, with jitter). deregister: remove the agent when the keep-alive stops.
+        on_notification(n): each notification once, acknowledged after it returns (else use
+        `async for n in ka.notifications()`). on_lost(AgentLost): the agent was found gone;
+        called before it is registered again. reregister_evicted=False: an evicted agent is
+        not registered again; the keep-alive ends with AgentEvicted.
+
+        Use `ka = await client.keep_alive(...)` (returns after the first beat) or
+        `async with client.keep_alive(...) as ka:` (stops on exit)."""
+        from .keepalive import KeepAlive
+        return KeepAlive(self, agent, telemetry=telemetry, interval=interval,
+                         deregister=deregister, on_notification=on_notification,
+                         on_lost=on_lost, reregister_evicted=reregister_evicted)
+
+    def _keepalive_group(self) -> _KeepAliveGroup:
+        if self._keepalive is None:
+            from .keepalive import _KeepAliveGroup
+            self._keepalive = _KeepAliveGroup(self, self.keepalive_transport)
+        return self._keepalive
 
     # -- watch ------------------------------------------------------------------------------
     async def watch(self, namespace: str = "", *, capability: str = "",
