@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import importlib  # noqa: E402
+import logging  # noqa: E402
 
 import click  # noqa: E402
 
@@ -75,6 +76,9 @@ for _command in (agents, watch, notify, stats):
 
 
 def main():
+    # The client library's warnings (a watch listing again) are said by the commands in
+    # their own words; `serve` sets up the server's logging itself.
+    logging.getLogger("neural_hive_integration").addHandler(logging.NullHandler())
     cli()
 
 

@@ -70,24 +70,16 @@ async def follow(client, namespace: str, selection: Selection, target: str, sinc
                  snapshot: bool):
     """The namespace's events, forever. When the stream can no longer resume (the store was
     reset, e.g. an embedded store's server restarted, or the log was compacted past the last
-    revision seen), says so in one line and starts again with a fresh snapshot. A --since the
-    log no longer covers, before any event, is the user's error (WatchCompacted)."""
-    seen = False
-    while True:
-        events = client.watch(namespace, capability=selection.capability,
-                              agent_type=selection.agent_type, filters=selection.filters,
-                              since_revision=since, snapshot=snapshot, agent_id=target)
-        try:
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    seen = True
-                    yield event
-            return
-        except WatchCompacted as exc:
-            if since and not seen:
-                raise
-            out.note(relist_note(namespace, exc.details))
-            since, snapshot, seen = "", True, True
+    revision seen), the client lists again by itself (a fresh snapshot); this says so in one
+    line. A --since the log no longer covers, before any event, is the user's error
+    (WatchCompacted)."""
+    events = client.watch(namespace, capability=selection.capability,
+                          agent_type=selection.agent_type, filters=selection.filters,
+                          since_revision=since, snapshot=snapshot, agent_id=target,
+                          on_resync=lambda reason: out.note(relist_note(namespace, reason)))
+    async with contextlib.aclosing(events):
+        async for event in events:
+            yield event
 
 
 async def merged(streams):
