@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-from . import binding, errors, keys, metrics
+from . import binding, errors, keys, metrics, validation
 from .auth import Auth, TokensFileError, refusing_handler
 from .config import Settings
 from .errors import RpcError
@@ -280,7 +280,9 @@ class Server:
 
     async def _probe(self) -> None:
         # (the expiry listener re-enables keyspace events itself when Redis comes back)
-        await self._set_serving(await self.store.ping())
+        reachable = await self.store.ping()
+        metrics.STORE_UP.set(1 if reachable else 0)
+        await self._set_serving(reachable)
 
     async def _health_forever(self) -> None:
         while True:
@@ -288,8 +290,9 @@ class Server:
             await self._probe()
 
     async def _gauges_forever(self) -> None:
-        """Agents per namespace, for the namespaces that hold agents (one pipelined round trip);
-        a namespace forgotten since (it has none left) loses its series."""
+        """Agents per namespace and per namespace and status, for the namespaces that hold
+        agents (one pipelined round trip); a namespace forgotten since (it has none left) loses
+        its series."""
         shown: set[str] = set()
         while True:
             try:
@@ -297,11 +300,17 @@ class Server:
                 async with self.store.redis.pipeline(transaction=False) as pipe:
                     for ns in namespaces:
                         pipe.zcard(keys.namespace(ns).health)
-                    counts = await pipe.execute()
-                for ns, count in zip(namespaces, counts):
+                        pipe.hgetall(keys.namespace(ns).counts)
+                    replies = await pipe.execute()
+                for ns, count, counts in zip(namespaces, replies[::2], replies[1::2]):
                     metrics.AGENTS.labels(ns).set(count)
+                    for status, name in validation.STATUSES.items():
+                        metrics.AGENTS_BY_STATUS.labels(ns, name).set(
+                            int(counts.get(f"s:{status}", 0)))
                 for ns in shown - set(namespaces):
                     metrics.AGENTS.remove(ns)
+                    for name in validation.STATUSES.values():
+                        metrics.AGENTS_BY_STATUS.remove(ns, name)
                 shown = set(namespaces)
             except Exception:  # noqa: BLE001 - a gauge is best effort
                 pass

@@ -12,6 +12,13 @@ LATENCY = Histogram("service_registry_latency_seconds", "Operation latency",
                     buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 AUTH_FAILURES = Counter("service_registry_auth_failures_total",
                         "Calls refused by authentication or authorization", ["reason"])
+AGENTS_BY_STATUS = Gauge("service_registry_agents_by_status",
+                         "Registered agents per namespace and status", ["namespace", "status"])
+DISCOVER_EMPTY = Counter("service_registry_discover_empty_total",
+                         "Discover calls that found no agent with the capabilities and filters "
+                         "asked for", ["namespace"])
+STORE_UP = Gauge("service_registry_store_up",
+                 "1 while this process reaches its store (Redis), probed every second, else 0")
 WATCHERS = Gauge("service_registry_watchers", "Open WatchAgents streams on this process")
 EXPIRED = Counter("service_registry_expired_total", "Agents reaped after their lease ran out",
                   ["trigger"])

@@ -18,7 +18,7 @@ import grpc
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-from . import agent_card, balance, convert, errors, keys, validation
+from . import agent_card, balance, convert, errors, keys, metrics, validation
 from .auth import Auth, Scope
 from .coalesce import HeartbeatPipeline
 from .config import Settings
@@ -262,14 +262,17 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         if len(namespaces) > 1 and caps:
             namespaces = await self._namespaces_with(namespaces, caps[0])
         if balanced:
-            return pb.DiscoverResponse(agents=await self._discover_balanced(
-                namespaces, caps, filters.as_json(), wanted))
-        found = []
-        for ns in namespaces:
-            found += await self._discover_in(ns, caps, filters.as_json(), wanted)
-        if len(namespaces) > 1:
-            found.sort(key=lambda item: (item[0], item[1].agent_id))
-        return pb.DiscoverResponse(agents=[agent for _, agent in found[:wanted]])
+            agents = await self._discover_balanced(namespaces, caps, filters.as_json(), wanted)
+        else:
+            found = []
+            for ns in namespaces:
+                found += await self._discover_in(ns, caps, filters.as_json(), wanted)
+            if len(namespaces) > 1:
+                found.sort(key=lambda item: (item[0], item[1].agent_id))
+            agents = [agent for _, agent in found[:wanted]]
+        if not agents:  # what "no healthy agent for a capability" alerts on (deploy/prometheus)
+            metrics.DISCOVER_EMPTY.labels(request.namespace or filters.namespace or "*").inc()
+        return pb.DiscoverResponse(agents=agents)
 
     async def _discover_balanced(self, namespaces, caps, filters_json: str, wanted: int):
         """A weighted pick among windows of matches from random origins (balance.py)."""

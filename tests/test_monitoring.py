@@ -3,6 +3,7 @@ server exports, and are valid PromQL (`promtool check rules`, when promtool is i
 `promtool check metrics` finds nothing in /metrics but the one name kept for compatibility."""
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -13,7 +14,8 @@ import yaml
 from neural_hive_integration.clients import AgentInfo, HealthStatus
 from prometheus_client import REGISTRY, generate_latest
 
-from conftest import ROOT
+import server.app
+from conftest import ROOT, running_registry
 from server import metrics
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "service-registry.json"
@@ -55,7 +57,8 @@ def test_the_dashboard_shows_what_operators_ask_for_with_exported_metrics():
     for needed in ("service_registry_agents_total", "service_registry_heartbeat_total",
                    "service_registry_discover_total", "service_registry_latency_seconds_bucket",
                    "service_registry_expired_total", "service_registry_watchers",
-                   "service_registry_auth_failures_total"):
+                   "service_registry_auth_failures_total", "service_registry_agents_by_status",
+                   "service_registry_discover_empty_total"):
         assert needed in used, needed
     quantiles = {m for e in exprs for m in re.findall(r"histogram_quantile\(([\d.]+)", e)}
     assert quantiles == {"0.5", "0.95", "0.99"}
@@ -63,11 +66,11 @@ def test_the_dashboard_shows_what_operators_ask_for_with_exported_metrics():
 
 def test_the_alerts_cover_the_three_failures_with_exported_metrics():
     alerts = alert_exprs()
-    assert {"ServiceRegistryNamespaceWithoutAgents", "ServiceRegistryExpiryStorm",
-            "ServiceRegistryRedisUnavailable"} <= set(alerts)
+    assert {"ServiceRegistryNoHealthyAgentFound", "ServiceRegistryNoHealthyAgents",
+            "ServiceRegistryExpiryStorm", "ServiceRegistryRedisUnavailable"} <= set(alerts)
     for name, expr in alerts.items():
         assert named_metrics(expr) <= exported(), name
-    assert 'outcome="unavailable"' in alerts["ServiceRegistryRedisUnavailable"]
+    assert "service_registry_store_up" in alerts["ServiceRegistryRedisUnavailable"]
 
 
 def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -110,3 +113,46 @@ async def test_promtool_flags_only_the_gauge_named_total(registry):
     findings = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert findings == ['service_registry_agents_total non-counter metrics should not have '
                         '"_total" suffix'], findings
+
+
+async def until(predicate, timeout: float = 10.0):
+    """Waits for a metric the server updates on its own schedule (probe, gauge loop)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "the metric never got there"
+        await asyncio.sleep(0.05)
+
+
+def sample(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.mark.parametrize("kind", ["redis", "embedded"])
+async def test_agents_by_status_and_discover_finding_nobody_are_counted(kind, redis_factory,
+                                                                        monkeypatch):
+    monkeypatch.setattr(server.app, "GAUGE_INTERVAL", 0.05)
+    async with running_registry(kind, redis_factory() if kind == "redis" else None) as registry:
+        client = registry.client
+        ns = f"mon-{kind}"
+        for name in ("ok", "sick"):
+            await client.register_agent(AgentInfo(agent_id=f"{ns}/{name}", agent_type="worker",
+                                                  capabilities=["py"]))
+        await client.update_health(f"{ns}/sick", HealthStatus(status="unhealthy"))
+        await until(lambda: sample("service_registry_agents_by_status", namespace=ns,
+                                   status="UNHEALTHY") == 1)
+        assert sample("service_registry_agents_by_status", namespace=ns, status="HEALTHY") == 1
+
+        empty = "service_registry_discover_empty_total"
+        before = sample(empty, namespace=ns)
+        assert await client.discover_agents(capabilities=["py"], filters={"namespace": ns})
+        assert sample(empty, namespace=ns) == before
+        assert not await client.discover_agents(capabilities=["rust"],
+                                                filters={"namespace": ns})
+        assert sample(empty, namespace=ns) == before + 1
+
+
+async def test_store_up_follows_redis(redis_registry):
+    await until(lambda: sample("service_registry_store_up") == 1)
+    redis_registry.redis_proc.stop()
+    await until(lambda: sample("service_registry_store_up") == 0)
