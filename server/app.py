@@ -14,12 +14,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-from . import binding, errors, keys, metrics
+from . import binding, errors, metrics
 from .auth import Auth, TokensFileError, refusing_handler
 from .config import Settings
 from .errors import RpcError
 from .expiry import Reaper
 from .http.app import HttpApp
+from .registry_store import RegistryStore
 from .service import RegistryService
 from .store import Store
 from .tasks import cancel_tasks
@@ -128,13 +129,14 @@ class Server:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = Store(settings)
-        self.watches = Watches(settings, self.store)
-        self.reaper = Reaper(settings, self.store)
+        self.registry = RegistryStore(settings, self.store)
+        self.watches = Watches(settings, self.store, self.registry)
+        self.reaper = Reaper(settings, self.store, self.registry)
         self.health = Health()
         self.auth = Auth(settings.tokens_file)     # TokensFileError: bad file
         self.tls = ServerTLS.from_settings(settings)  # TLSError: unusable certificate files
-        self.service = RegistryService(settings, self.store, self.watches, self.auth,
-                                       on_unavailable=self._mark_unavailable)
+        self.service = RegistryService(settings, self.store, self.registry, self.watches,
+                                       self.auth, on_unavailable=self._mark_unavailable)
         self.gate = Gate(self.auth)
         self.grpc = grpc.aio.server(
             interceptors=[self.gate],
@@ -294,10 +296,7 @@ class Server:
         while True:
             try:
                 namespaces = await self.store.namespaces()
-                async with self.store.redis.pipeline(transaction=False) as pipe:
-                    for ns in namespaces:
-                        pipe.zcard(keys.namespace(ns).health)
-                    counts = await pipe.execute()
+                counts = await self.registry.agent_counts(namespaces)
                 for ns, count in zip(namespaces, counts):
                     metrics.AGENTS.labels(ns).set(count)
                 for ns in shown - set(namespaces):

@@ -30,6 +30,12 @@ LOG = "log"         # stream: the change log; its ids are revisions
 ACTIVE = "ok"       # string: when the registry last worked here (ms): heartbeat, register, sweep
 GAP = "g"           # hash s, e: the last registry outage (ms); deadlines inside it are moved once
 
+# Fields of the COUNTS hash: agents per type and per status, e.g. "t:1", "s:3".
+TYPE_COUNT = "t:"
+STATUS_COUNT = "s:"
+# Notification fields in an agent's INBOX stream.
+INBOX_FIELDS = {"kind": "k", "payload": "p"}
+
 # Agent hash fields (short: the hash stays in Redis's compact listpack encoding).
 FIELDS = {
     "agent_type": "t",
@@ -115,6 +121,14 @@ class NamespaceKeys:
 @lru_cache(maxsize=4096)
 def namespace(ns: str) -> NamespaceKeys:
     return NamespaceKeys(ns, f"{ROOT}:{{{ns}}}:")
+
+
+def type_count(agent_type: int) -> str:
+    return TYPE_COUNT + str(agent_type)
+
+
+def status_count(status: int) -> str:
+    return STATUS_COUNT + str(status)
 
 
 def _split(key: str) -> tuple[str, str] | None:

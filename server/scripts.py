@@ -1,7 +1,8 @@
 """Loads the Lua scripts in ../lua as redis-py Script objects (EVALSHA, reloaded on NOSCRIPT).
 
 A line `--@include name.lua` is replaced by lua/includes/name.lua, and every script starts with
-the key layout from keys.py, so shared code and key names exist once.
+the key layout from keys.py, so shared code and key names exist once. Only the storage gateway
+(registry_store.py) calls them.
 """
 from __future__ import annotations
 
@@ -25,9 +26,19 @@ def source(name: str) -> str:
 
 
 class Scripts:
-    """One attribute per script, e.g. ``scripts.heartbeat(keys=[...], args=[...])``."""
+    """One attribute per script in lua/, e.g. ``scripts.heartbeat(keys=..., args=...)``."""
 
     def __init__(self, redis) -> None:
-        for name in NAMES:
-            script: AsyncScript = redis.register_script(source(name))
-            setattr(self, name, script)
+        def load(name: str) -> AsyncScript:
+            return redis.register_script(source(name))
+
+        self.register = load("register")
+        self.heartbeat = load("heartbeat")
+        self.deregister = load("deregister")
+        self.reap = load("reap")
+        self.get = load("get")
+        self.discover = load("discover")
+        self.list = load("list")
+        self.notify = load("notify")
+        self.stats = load("stats")
+        self.due = load("due")

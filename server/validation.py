@@ -64,9 +64,27 @@ class AgentRef:
     def agent_id(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    @property
-    def keys(self) -> keys.NamespaceKeys:
-        return keys.namespace(self.namespace)
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """A validated Register request: what register.lua stores."""
+    agent_type: int
+    status: int
+    capabilities: list[str]
+    endpoint: str
+    cluster: str
+    version: str
+    metadata: dict[str, str]
+    card_json: str  # "" = no Agent Card
+
+
+@dataclass(frozen=True)
+class Beat:
+    """A validated heartbeat: telemetry None when the request has none."""
+    ref: AgentRef
+    status: int
+    telemetry: tuple[str, str, str, str] | None
+    acks: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -259,3 +277,57 @@ def filters(values, field: str = "filters") -> Filters:
             clauses.append((keys.METADATA_PREFIX + meta_key, "eq",
                             _text(value, where, MAX_TEXT_LEN)))
     return Filters(ns, tuple(clauses))
+
+
+def agent_spec(request, card) -> AgentSpec:
+    """A Register request with its parsed Agent Card (or None): with a card, agent_type
+    defaults to WORKER and the card fills in endpoint, version and more capabilities."""
+    kind = agent_type(request.agent_type or (pb.WORKER if card else 0))
+    initial = status(request.status) or pb.HEALTHY
+    caps = capabilities(request.capabilities)
+    meta = metadata(request.metadata)
+    where = endpoint(request.endpoint or (card.endpoint if card else ""))
+    cluster = short_text(request.cluster, "cluster")
+    version = short_text(request.version or (card.version if card else ""), "version")
+    if card:
+        caps = sorted(set(caps) | set(card.capabilities))
+    return AgentSpec(kind, initial, caps, where, cluster, version, meta,
+                     card.json if card else "")
+
+
+def heartbeat(request) -> Beat:
+    ref = agent_ref(request.agent_id)
+    beat_status = status(request.status)
+    measured = telemetry(request.telemetry) if request.HasField("telemetry") else None
+    if len(request.ack_notification_ids) > MAX_ACKS:
+        raise InvalidArgument(f"ack_notification_ids: at most {MAX_ACKS}")
+    for nid in request.ack_notification_ids:
+        stream_id(nid, "ack_notification_ids")
+    return Beat(ref, beat_status, measured, tuple(request.ack_notification_ids))
+
+
+def batch_size(beats) -> None:
+    if len(beats) > MAX_BATCH:
+        raise InvalidArgument(f"heartbeats: {len(beats)} given, at most {MAX_BATCH}")
+
+
+def eviction(request) -> tuple[list[AgentRef], str]:
+    """The agents an EvictAgents request names, and its reason."""
+    if not request.agent_ids:
+        raise InvalidArgument("agent_ids: at least one is required")
+    if len(request.agent_ids) > MAX_EVICT_IDS:
+        raise InvalidArgument(f"agent_ids: at most {MAX_EVICT_IDS} per call")
+    if len(request.reason) > MAX_REASON_LEN:
+        raise InvalidArgument(f"reason: longer than {MAX_REASON_LEN} characters")
+    refs = [agent_ref(a, field=f"agent_ids[{i}]") for i, a in enumerate(request.agent_ids)]
+    return refs, request.reason
+
+
+def notification(request) -> tuple[str, str]:
+    """The kind and payload of a NotifyAgent request."""
+    if not request.kind or len(request.kind) > MAX_NOTIFY_KIND_LEN:
+        raise InvalidArgument(f"kind: required, at most {MAX_NOTIFY_KIND_LEN} characters")
+    size = len(request.payload.encode())
+    if size > MAX_NOTIFY_PAYLOAD_BYTES:
+        raise InvalidArgument(f"payload: {size} bytes, at most {MAX_NOTIFY_PAYLOAD_BYTES}")
+    return request.kind, request.payload
