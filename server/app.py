@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-from . import binding, errors, metrics
+from . import binding, metrics, rpc_calls
 from .auth import Auth, TokensFileError, refusing_handler
 from .config import Settings
 from .errors import RpcError
@@ -331,16 +331,16 @@ class Server:
                  "told to resume elsewhere, in-flight calls have %ss", watchers, grace)
         if exiting:
             log.info("draining: stopping gRPC once in-flight calls end (%d now)",
-                     errors.IN_FLIGHT.count)
+                     rpc_calls.IN_FLIGHT.count)
             left = grace - (time.monotonic() - started)
-            idle = asyncio.ensure_future(errors.IN_FLIGHT.idle())
+            idle = asyncio.ensure_future(rpc_calls.IN_FLIGHT.idle())
             cut = asyncio.ensure_future(self._cut_short.wait())
             await asyncio.wait([idle, cut], timeout=max(0.0, left),
                                return_when=asyncio.FIRST_COMPLETED)
             idle.cancel()
             cut.cancel()
             log.info("draining: %d call(s) still in flight after %.1fs, %d new call(s) "
-                     "refused", errors.IN_FLIGHT.count, time.monotonic() - started,
+                     "refused", rpc_calls.IN_FLIGHT.count, time.monotonic() - started,
                      self.gate.refused)
             await self._close_store(DRAIN_FLUSH)
             self._remove_drain_socket()

@@ -16,7 +16,7 @@ import grpc
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-from . import agent_card, balance, errors, validation
+from . import agent_card, balance, errors, rpc_calls, validation
 from .auth import Auth, Scope
 from .config import Settings
 from .errors import RpcError
@@ -45,11 +45,8 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         self.auth = auth
         self.on_unavailable = on_unavailable or (lambda: None)
 
-    def _redis_down(self):
-        self.on_unavailable()
-
     # -- Register ---------------------------------------------------------------------------
-    @errors.unary("register", on_unavailable=_redis_down)
+    @rpc_calls.unary("register")
     async def Register(self, request, context):
         # A full "namespace/name" id names its namespace; `namespace`, if also set, must agree.
         ref = (validation.agent_ref(request.agent_id, request.namespace) if request.agent_id
@@ -65,12 +62,12 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
     def _owner_checker(self, context):
         return lambda ns: self.auth.check(context, Scope.AGENT, ns)
 
-    @errors.unary("heartbeat", on_unavailable=_redis_down)
+    @rpc_calls.unary("heartbeat")
     async def Heartbeat(self, request, context):
         beat = validation.heartbeat(request)
         return await self.registry.heartbeat(beat, self._owner_checker(context)(beat.ref.namespace))
 
-    @errors.streaming("heartbeat_stream")
+    @rpc_calls.streaming("heartbeat_stream")
     async def HeartbeatStream(self, request_iterator, context):
         """One heartbeat at a time per stream, replies in request order; concurrent streams
         share the heartbeat pipeline. (Reading a stream ahead to run several of its heartbeats
@@ -84,10 +81,10 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
             except Exception as exc:  # noqa: BLE001 - reported in the response
                 yield _failed_heartbeat(request, exc)
                 continue
-            errors.metrics.observe("heartbeat", "ok", time.perf_counter() - start)
+            rpc_calls.item_ok("heartbeat", time.perf_counter() - start)
             yield reply
 
-    @errors.unary("heartbeat_batch", on_unavailable=_redis_down)
+    @rpc_calls.unary("heartbeat_batch")
     async def HeartbeatBatch(self, request, context):
         validation.batch_size(request.heartbeats)
         owner_of = self._owner_checker(context)
@@ -108,18 +105,17 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
             results[i] = (_failed_heartbeat(request.heartbeats[i], reply)
                           if isinstance(reply, Exception) else reply)
         # Counted once per call; the latency is the call's ("heartbeat_batch").
-        errors.metrics.HEARTBEAT.labels("ok").inc(len(replies) - sum(
-            isinstance(r, Exception) for r in replies))
+        rpc_calls.items_ok("heartbeat", sum(not isinstance(r, Exception) for r in replies))
         return pb.HeartbeatBatchResponse(results=results)
 
     # -- Deregister / Evict -----------------------------------------------------------------
-    @errors.unary("deregister", on_unavailable=_redis_down)
+    @rpc_calls.unary("deregister")
     async def Deregister(self, request, context):
         ref = validation.agent_ref(request.agent_id)
         owner = self.auth.check(context, Scope.AGENT, ref.namespace)
         return pb.DeregisterResponse(removed=await self.registry.deregister(ref, owner))
 
-    @errors.unary("evict", on_unavailable=_redis_down)
+    @rpc_calls.unary("evict")
     async def EvictAgents(self, request, context):
         refs, reason = validation.eviction(request)
         for ns in {r.namespace for r in refs}:
@@ -128,7 +124,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         return pb.EvictResponse(evicted_ids=[r.agent_id for r in evicted])
 
     # -- Reads ------------------------------------------------------------------------------
-    @errors.unary("get", on_unavailable=_redis_down)
+    @rpc_calls.unary("get")
     async def GetAgent(self, request, context):
         ref = validation.agent_ref(request.agent_id)
         self.auth.check(context, Scope.READ, ref.namespace)
@@ -138,7 +134,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
                            f"agent_id: {ref.agent_id} is not registered or has expired")
         return pb.GetAgentResponse(agent=agent)
 
-    @errors.unary("discover", on_unavailable=_redis_down)
+    @rpc_calls.unary("discover")
     async def DiscoverAgents(self, request, context):
         caps = validation.capabilities(request.capabilities)
         filters = validation.filters(request.filters)
@@ -201,7 +197,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
                     found.append((score, agent))
         return found
 
-    @errors.unary("list", on_unavailable=_redis_down)
+    @rpc_calls.unary("list")
     async def ListAgents(self, request, context):
         ns = validation.namespace(request.namespace)
         self.auth.check(context, Scope.READ, ns)
@@ -230,20 +226,20 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         token = _encode_page_token(current, after) if current is not None else ""
         return pb.ListAgentsResponse(agents=agents, next_page_token=token)
 
-    @errors.unary("stats", on_unavailable=_redis_down)
+    @rpc_calls.unary("stats")
     async def GetStats(self, request, context):
         namespaces = await self._readable_namespaces(context, request.namespace)
         return pb.StatsResponse(namespaces=[await self.registry.stats(ns) for ns in namespaces])
 
     # -- Notify and Watch -------------------------------------------------------------------
-    @errors.unary("notify", on_unavailable=_redis_down)
+    @rpc_calls.unary("notify")
     async def NotifyAgent(self, request, context):
         ref = validation.agent_ref(request.agent_id)
         self.auth.check(context, Scope.OPERATOR, ref.namespace)
         kind, payload = validation.notification(request)
         return pb.NotifyResponse(notification_id=await self.registry.notify(ref, kind, payload))
 
-    @errors.streaming("watch")
+    @rpc_calls.streaming("watch")
     async def WatchAgents(self, request, context):
         # watching one agent by its full id needs no namespace field
         ns = (validation.agent_ref(request.agent_id, request.namespace).namespace
@@ -254,8 +250,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
 
 
 def _failed_heartbeat(request, exc: Exception) -> pb.HeartbeatResponse:
-    code, message = errors.status_of(exc)
-    errors.metrics.observe("heartbeat", errors.outcome_of(code), 0.0)
+    code, message = rpc_calls.item_failed("heartbeat", exc)
     return pb.HeartbeatResponse(agent_id=request.agent_id, error_code=code.value[0],
                                 error_message=message)
 

@@ -1,0 +1,104 @@
+"""Cross-cutting work for every ServiceRegistry call, done once here: calls in flight (for a
+drain), outcome and latency metrics, failures mapped to a status (errors.py)."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+
+import grpc
+
+from . import metrics
+from .errors import outcome_of, status_of
+
+
+class InFlight:
+    """Calls inside a ServiceRegistry handler right now, so a drain knows when they are done."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: asyncio.Event | None = None
+
+    def enter(self) -> None:
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        if self.count:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+
+IN_FLIGHT = InFlight()
+
+
+def unary(operation: str):
+    """Wraps a unary handler: status mapping, metrics and latency under `operation`, and a
+    Redis outage tells the servicer (`on_unavailable`: health NOT_SERVING)."""
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def call(self, request, context):
+            start = time.perf_counter()
+            IN_FLIGHT.enter()
+            try:
+                reply = await handler(self, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+                code, message = status_of(exc)
+                metrics.observe(operation, outcome_of(code), time.perf_counter() - start)
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    self.on_unavailable()
+                await context.abort(code, message)
+            finally:
+                IN_FLIGHT.leave()
+            metrics.observe(operation, "ok", time.perf_counter() - start)
+            return reply
+        return call
+    return wrap
+
+
+def streaming(operation: str):
+    """Wraps a server-streaming handler (an async generator) the same way."""
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def call(self, request, context):
+            start = time.perf_counter()
+            IN_FLIGHT.enter()
+            try:
+                async for item in handler(self, request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+                code, message = status_of(exc)
+                metrics.observe(operation, outcome_of(code), time.perf_counter() - start)
+                await context.abort(code, message)
+            finally:
+                IN_FLIGHT.leave()
+            metrics.observe(operation, "ok", time.perf_counter() - start)
+        return call
+    return wrap
+
+
+def item_failed(operation: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status of one failed item of a call (a heartbeat in a batch or stream), counted."""
+    code, message = status_of(exc)
+    metrics.observe(operation, outcome_of(code), 0.0)
+    return code, message
+
+
+def item_ok(operation: str, seconds: float) -> None:
+    """One item of a call that succeeded, with its own latency."""
+    metrics.observe(operation, "ok", seconds)
+
+
+def items_ok(operation: str, count: int) -> None:
+    """Items of a call that succeeded, counted; the latency is the call's."""
+    counter = metrics.ATTEMPTS.get(operation)
+    if counter is not None:
+        counter.labels("ok").inc(count)
