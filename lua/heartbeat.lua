@@ -69,6 +69,6 @@ local reply = {tonumber(rec[F.status]), deadline}
 local pending = redis.call('XRANGE', KEYS[5], '-', '+', 'COUNT', tonumber(ARGV[14]))
 for _, entry in ipairs(pending) do
   local n = to_map(entry[2])
-  reply[#reply + 1] = {entry[1], n.k, n.p}
+  reply[#reply + 1] = {entry[1], n[IF.kind], n[IF.payload]}
 end
 return reply

@@ -17,7 +17,7 @@ if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[6]) then
     ARGV[6] .. ' notifications')
 end
 if shift > 0 then move_deadline(P, name, rec, shift, now) end
-local id = redis.call('XADD', KEYS[3], '*', 'k', ARGV[4], 'p', ARGV[5])
+local id = redis.call('XADD', KEYS[3], '*', IF.kind, ARGV[4], IF.payload, ARGV[5])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', EF.type, EV.NOTIFICATION, EF.agent, name,
   EF.notification, id, EF.kind, ARGV[4], EF.payload, ARGV[5])
 return id

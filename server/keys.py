@@ -158,8 +158,9 @@ def lua_header() -> str:
     """Lua constants mirroring this module, prepended to every script."""
     suffixes = dict(AGENT=AGENT, LEASE=LEASE, INBOX=INBOX, CAPABILITY=CAPABILITY, TYPE=TYPE,
                     HEALTH=HEALTH, DEADLINES=DEADLINES, COUNTS=COUNTS, LOG=LOG, ACTIVE=ACTIVE, GAP=GAP,
-                    METADATA=METADATA_PREFIX)
+                    METADATA=METADATA_PREFIX, TYPE_COUNT=TYPE_COUNT, STATUS_COUNT=STATUS_COUNT)
     k = ", ".join(f"{name}='{v}'" for name, v in suffixes.items())
     f = ", ".join(f"{name}='{v}'" for name, v in FIELDS.items())
     e = ", ".join(f"{name}='{v}'" for name, v in EVENT_FIELDS.items())
-    return f"local K = {{{k}}}\nlocal F = {{{f}}}\nlocal EF = {{{e}}}\n"
+    i = ", ".join(f"{name}='{v}'" for name, v in INBOX_FIELDS.items())
+    return f"local K = {{{k}}}\nlocal F = {{{f}}}\nlocal EF = {{{e}}}\nlocal IF = {{{i}}}\n"

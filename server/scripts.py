@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from redis.commands.core import AsyncScript
 
 from . import keys
@@ -19,10 +20,23 @@ NAMES = ("register", "heartbeat", "deregister", "reap", "get", "discover", "list
          "stats", "due")
 
 
+def lua_enums() -> str:
+    """The proto's event type (EV) and status (ST) numbers as Lua tables."""
+    def table(enum) -> str:
+        return ", ".join(f"{name}={number}" for name, number in enum.items() if number)
+    return (f"local EV = {{{table(pb.EventType)}}}\n"
+            f"local ST = {{{table(pb.AgentStatus)}}}\n")
+
+
 def source(name: str) -> str:
     text = (LUA_DIR / f"{name}.lua").read_text()
     text = _INCLUDE.sub(lambda m: (LUA_DIR / "includes" / m.group(1)).read_text(), text)
-    return keys.lua_header() + text
+    return prelude() + text
+
+
+def prelude() -> str:
+    """What every script starts with: key layout, field names and enum numbers."""
+    return keys.lua_header() + lua_enums()
 
 
 class Scripts:
