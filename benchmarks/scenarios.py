@@ -249,11 +249,11 @@ async def populate(bench, ns: str, count: int) -> float:
 
 
 async def hb_agents(bench) -> list[str]:
-    if getattr(bench, "_hb_agents", None) is None:
+    if getattr(bench, "heartbeat_agents", None) is None:
         ns = bench.namespace("hb")
         names = [f"hb{i:05d}" for i in range(bench.profile.hb_agents)]
-        bench._hb_agents = await register_agents(bench, ns, names)
-    return bench._hb_agents
+        bench.heartbeat_agents = await register_agents(bench, ns, names)
+    return bench.heartbeat_agents
 
 
 def batches(agent_ids: list[str], size: int) -> list[bytes]:

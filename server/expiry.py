@@ -101,7 +101,7 @@ class Reaper:
                 await self.sweep()
             except REDIS_DOWN:
                 pass  # health reports the outage; the next pass catches up
-            except Exception:  # noqa: BLE001 - the sweeper must survive anything
+            except Exception:
                 log.exception("expiry sweep failed")
             await asyncio.sleep(self.settings.sweep_interval)
 

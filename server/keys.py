@@ -13,7 +13,7 @@ from functools import lru_cache
 ROOT = "sr"
 # Keys outside every namespace's hash tag: on Redis Cluster each lives in a slot of its own, so
 # no namespace script touches them; the server writes them next to the script calls.
-NAMESPACES = f"{ROOT}:namespaces"  # set of namespaces holding agents (for Discover/Stats across all)
+NAMESPACES = f"{ROOT}:namespaces"  # set: namespaces holding agents (Discover/Stats across all)
 EPOCH = f"{ROOT}:epoch"            # random id written once; gone or changed = the store was reset
 DUE = f"{ROOT}:due"                # zset: namespace -> earliest lease deadline (ms), a lower bound
 
@@ -157,7 +157,8 @@ def parse_namespace_key(key: str) -> str | None:
 def lua_header() -> str:
     """Lua constants mirroring this module, prepended to every script."""
     suffixes = dict(AGENT=AGENT, LEASE=LEASE, INBOX=INBOX, CAPABILITY=CAPABILITY, TYPE=TYPE,
-                    HEALTH=HEALTH, DEADLINES=DEADLINES, COUNTS=COUNTS, LOG=LOG, ACTIVE=ACTIVE, GAP=GAP,
+                    HEALTH=HEALTH, DEADLINES=DEADLINES, COUNTS=COUNTS, LOG=LOG, ACTIVE=ACTIVE,
+                    GAP=GAP,
                     METADATA=METADATA_PREFIX, TYPE_COUNT=TYPE_COUNT, STATUS_COUNT=STATUS_COUNT)
     k = ", ".join(f"{name}='{v}'" for name, v in suffixes.items())
     f = ", ".join(f"{name}='{v}'" for name, v in FIELDS.items())

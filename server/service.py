@@ -144,7 +144,8 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         balanced = validation.selection(request.selection) == pb.BALANCED
         if request.namespace and filters.namespace and request.namespace != filters.namespace:
             raise InvalidArgument("namespace: differs from filters['namespace']")
-        namespaces = await self._readable_namespaces(context, request.namespace or filters.namespace)
+        namespaces = await self._readable_namespaces(context,
+                                                     request.namespace or filters.namespace)
         if len(namespaces) > 1 and caps:
             namespaces = await self.registry.namespaces_with(namespaces, caps[0])
         if balanced:

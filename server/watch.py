@@ -2,9 +2,9 @@
 
 Log readers follow the logs of the watched namespaces, up to STREAMS_PER_READER per XREAD
 BLOCK on one connection, and hand each entry to every watcher of its namespace; a watcher has
-a bounded buffer and is cut off with RESOURCE_EXHAUSTED when it overflows. A watcher resumes from any revision still in the log:
-it joins the live feed first, then reads the log from its revision up to where the feed stood,
-so nothing falls between the two.
+a bounded buffer and is cut off with RESOURCE_EXHAUSTED when it overflows. A watcher resumes
+from any revision still in the log: it joins the live feed first, then reads the log from its
+revision up to where the feed stood, so nothing falls between the two.
 """
 from __future__ import annotations
 
@@ -262,7 +262,7 @@ class LogReader:
                     feed = self.feeds.get(key)
                     if feed is not None:
                         feed.deliver(entries)
-        except Exception as exc:  # noqa: BLE001 - its watchers resume, on a new reader
+        except Exception as exc:
             log.exception("watch log reader failed")
             for feed in self.feeds.values():
                 feed.end(RpcError(grpc.StatusCode.UNAVAILABLE, f"watch reader failed ({exc}); "

@@ -135,7 +135,8 @@ ABUSE = {
     "DiscoverAgents": [pb.DiscoverRequest(capabilities=["python"], filters={f: v})
                        for f in ("min_success_rate", "max_avg_duration_ms", "version")
                        for v in ("1e309", "nan", "-inf", "\0", "9" * 400)]
-                      + [pb.DiscoverRequest(max_results=-1), pb.DiscoverRequest(max_results=2**31 - 1)],
+                      + [pb.DiscoverRequest(max_results=-1),
+                         pb.DiscoverRequest(max_results=2**31 - 1)],
     "ListAgents": [pb.ListAgentsRequest(page_size=-5), pb.ListAgentsRequest(agent_type=-1),
                    pb.ListAgentsRequest(page_token="\u00e9\u00e9")],
     "NotifyAgent": [pb.NotifyRequest(agent_id="default/a1", kind="k" * 65),

@@ -62,7 +62,8 @@ async def test_every_script_runs_on_redis_cluster(cluster):
             assert (await scripts.reap(keys=[k.log, k.deadlines],
                                        args=[k.prefix, 1000, 100, "", 60000]))[0] == 0
             assert await scripts.deregister(keys=[k.log, k.deadlines, k.agent("w1")],
-                                            args=[k.prefix, "w1", 1000, "evicted", "x", ""]) == 2  # the last
+                                            args=[k.prefix, "w1", 1000, "evicted", "x",
+                                                  ""]) == 2  # the last
         nodes_used = {r.get_node_from_key(keys.namespace(ns).log).port
                       for ns in ("alpha", "beta", "gamma", "delta")}
         assert len(slots) == 4 and len(nodes_used) >= 2

@@ -253,7 +253,8 @@ async def test_expired_agent_is_gone_before_any_cleanup(registry):
     await wait_until_ms(registry, reply.agent.expires_at_unix_ms)
     await expect_status(registry.stub.GetAgent(pb.GetAgentRequest(agent_id=aid)),
                         grpc.StatusCode.NOT_FOUND, "agent_id")
-    assert (await registry.stub.DiscoverAgents(pb.DiscoverRequest(capabilities=["gpu"]))).agents == []
+    found = await registry.stub.DiscoverAgents(pb.DiscoverRequest(capabilities=["gpu"]))
+    assert found.agents == []
     assert (await registry.stub.ListAgents(pb.ListAgentsRequest())).agents == []
     # the data needed to reap it is still there: a heartbeat reaps it (EXPIRED) and says so
     await expect_status(registry.stub.Heartbeat(pb.HeartbeatRequest(agent_id=aid)),

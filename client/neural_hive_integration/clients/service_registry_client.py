@@ -288,7 +288,8 @@ class ServiceRegistryClient:
         """Agents with every capability, matching `filters`, healthiest first; with
         balanced=True a weighted random pick instead (spreads callers over the fleet)."""
         reply = await self._call("DiscoverAgents", pb.DiscoverRequest(
-            capabilities=list(capabilities), filters={k: str(v) for k, v in (filters or {}).items()},
+            capabilities=list(capabilities),
+            filters={k: str(v) for k, v in (filters or {}).items()},
             max_results=max_results, namespace=namespace or self.namespace,
             selection=pb.BALANCED if balanced else pb.RANKED))
         return [AgentInfo.from_proto(a) for a in reply.agents]
