@@ -27,7 +27,7 @@ from server import scripts as server_scripts
 from . import env, h2load
 from .stats import Result, merge, percentiles, skipped
 
-CAPS = [f"cap-{i:02d}" for i in range(20)]          # 3 of 20 per agent, as REDIS-FACTS
+CAPS = [f"cap-{i:02d}" for i in range(20)]          # 3 of 20 per agent (memory figures use it)
 ZONES = ["eu", "us", "ap", "sa"]
 TELEMETRY = pb.AgentTelemetry(success_rate=0.99, avg_duration_ms=12.5, total_executions=100,
                               failed_executions=1)

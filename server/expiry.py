@@ -1,9 +1,11 @@
 """Expiry: reaps agents whose lease deadline has passed, logging one EXPIRED event each.
 
-Two triggers run reap.lua: Redis's `expired` keyspace events for lease keys (fast, but late
-and lossy, see REDIS-FACTS.md), and a sweeper every SWEEP_INTERVAL seconds (the safety net
-that catches everything). reap.lua checks the deadline itself, so any number of processes and
-triggers may race: each agent expires exactly once.
+Two triggers run reap.lua: Redis's `expired` keyspace events for lease keys (fast, but late:
+Redis emits one only when it deletes the key, on access or in its sampling expire cycle; and
+lossy: pub/sub drops it while no one is subscribed, replicas never emit it), and a sweeper
+every SWEEP_INTERVAL seconds (the safety net that catches everything). reap.lua checks the
+deadline itself, so any number of processes and triggers may race: each agent expires exactly
+once.
 
 The sweeper does not visit every namespace: a schedule (keys.DUE) holds, per namespace with
 agents, a lower bound of its earliest deadline, and each pass visits only the namespaces due.

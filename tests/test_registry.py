@@ -33,7 +33,7 @@ async def expect_status(call, code: grpc.StatusCode, *fields: str):
     return info.value.details()
 
 
-# -- the seed README's two snippets, unchanged but for host and port ---------------------------
+# -- the contract README's two client snippets, unchanged but for host and port ------------
 
 async def test_seed_snippet_canonical_client(registry):
     from neural_hive_integration.clients import ServiceRegistryClient, AgentInfo, HealthStatus

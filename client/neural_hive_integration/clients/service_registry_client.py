@@ -67,8 +67,8 @@ def _enum_name(enum, value: int) -> str:
 
 @dataclass
 class AgentInfo:
-    """An agent as the seed's users describe it. `namespace`, `cluster` and `version` fall
-    back to the same keys in `metadata` when empty."""
+    """An agent as the contract README's client snippets describe it. `namespace`, `cluster`
+    and `version` fall back to the same keys in `metadata` when empty."""
     agent_id: str = ""
     agent_type: str = "worker"
     capabilities: list[str] = field(default_factory=list)
