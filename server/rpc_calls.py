@@ -9,7 +9,7 @@ import time
 import grpc
 
 from . import metrics
-from .errors import outcome_of, status_of
+from .errors import RpcError, outcome_of, status_of
 
 
 class InFlight:
@@ -36,9 +36,18 @@ class InFlight:
 IN_FLIGHT = InFlight()
 
 
+async def _abort(servicer, operation: str, start: float, exc: Exception, context) -> None:
+    """Ends a failed call with its status, counted; a Redis outage also tells the servicer
+    (`on_unavailable`: health NOT_SERVING until a probe finds Redis again)."""
+    code, message = status_of(exc)
+    metrics.observe(operation, outcome_of(code), time.perf_counter() - start)
+    if code == grpc.StatusCode.UNAVAILABLE and not isinstance(exc, RpcError):
+        servicer.on_unavailable()
+    await context.abort(code, message)
+
+
 def unary(operation: str):
-    """Wraps a unary handler: status mapping, metrics and latency under `operation`, and a
-    Redis outage tells the servicer (`on_unavailable`: health NOT_SERVING)."""
+    """Wraps a unary handler: status mapping, metrics and latency under `operation`."""
     def wrap(handler):
         @functools.wraps(handler)
         async def call(self, request, context):
@@ -49,11 +58,7 @@ def unary(operation: str):
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status
-                code, message = status_of(exc)
-                metrics.observe(operation, outcome_of(code), time.perf_counter() - start)
-                if code == grpc.StatusCode.UNAVAILABLE:
-                    self.on_unavailable()
-                await context.abort(code, message)
+                await _abort(self, operation, start, exc, context)
             finally:
                 IN_FLIGHT.leave()
             metrics.observe(operation, "ok", time.perf_counter() - start)
@@ -75,9 +80,7 @@ def streaming(operation: str):
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status
-                code, message = status_of(exc)
-                metrics.observe(operation, outcome_of(code), time.perf_counter() - start)
-                await context.abort(code, message)
+                await _abort(self, operation, start, exc, context)
             finally:
                 IN_FLIGHT.leave()
             metrics.observe(operation, "ok", time.perf_counter() - start)
