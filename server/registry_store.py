@@ -9,7 +9,6 @@ pipeline on). Keys outside the namespaces' hash tags are Store's.
 """
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
@@ -120,9 +119,12 @@ class RegistryStore:
         concurrent heartbeats); on the embedded store, one redis-py pipeline."""
         commands = [self._heartbeat_command(beat, owner) for beat, owner in beats]
         if self._pipeline is not None:
-            replies = await asyncio.gather(*(self._pipeline.call(keys_, args)
-                                             for keys_, args in commands),
-                                           return_exceptions=True)
+            replies = []
+            for future in [self._pipeline.call(keys_, args) for keys_, args in commands]:
+                try:  # every future is awaited, so none leaves an unread error
+                    replies.append(await future)
+                except Exception as exc:  # noqa: BLE001 - reported per beat
+                    replies.append(exc)
         else:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for keys_, args in commands:

@@ -78,7 +78,7 @@ class AgentSpec:
     card_json: str  # "" = no Agent Card
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built per heartbeat, a frozen __init__ costs more
 class Beat:
     """A validated heartbeat: telemetry None when the request has none."""
     ref: AgentRef
