@@ -186,9 +186,8 @@ class RegistryStore:
         """Up to `count` agents of one type examined, by name after `after`."""
         k = keys.namespace(ns)
         last, examined, *matches = await self.scripts.list(
-            keys=[k.agent_type(agent_type)],
-            args=[k.prefix, after, count, filters_json,
-                  k.capability(capability) if capability else ""])
+            keys=[k.agent_type(agent_type), *([k.capability(capability)] if capability else [])],
+            args=[k.prefix, after, count, filters_json])
         return ListPage(last, int(examined), [convert.from_flat(ns, name, flat)
                                               for name, flat in zip(matches[::2], matches[1::2])])
 
