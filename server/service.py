@@ -25,11 +25,6 @@ from .store import Store
 from .validation import AgentRef, InvalidArgument
 from .watch import Watches
 
-# Bounds on one discover.lua call, so a large or selective Discover never holds Redis for long
-# (about 1 ms): candidates examined (~0.4 us each) and records returned (~7 us each).
-DISCOVER_BUDGET = 1500
-DISCOVER_BATCH = 50
-
 
 def new_agent_name() -> str:
     return secrets.token_hex(8)
@@ -153,7 +148,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
                 namespaces, caps, filters.as_json(), wanted))
         found = []
         for ns in namespaces:
-            found += await self._discover_in(ns, caps, filters.as_json(), wanted)
+            found += await self.registry.discover(ns, caps, filters.as_json(), wanted)
         if len(namespaces) > 1:
             found.sort(key=lambda item: (item[0], item[1].agent_id))
         return pb.DiscoverResponse(agents=[agent for _, agent in found[:wanted]])
@@ -162,7 +157,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         """A weighted pick among windows of matches from random origins (balance.py)."""
         found = []
         for ns in namespaces:
-            found += await self._discover_in(ns, caps, filters_json, balance.window(wanted),
+            found += await self.registry.discover(ns, caps, filters_json, balance.window(wanted),
                                              random.random(), balance.RUNS)
         return balance.pick([agent for _, agent in found], wanted, int(time.time() * 1000),
                             int(self.settings.balance_warmup * 1000))
@@ -176,27 +171,6 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
             return [ns]
         return self.auth.readable(context, await self.store.namespaces())
 
-    async def _discover_in(self, ns: str, caps: list[str], filters_json: str, wanted: int,
-                           origin: float = 0.0, runs: int = 1):
-        """(score, AgentInfo) of `wanted` matches in one namespace, in bounded calls: the best,
-        or the first of each of `runs` segments of the health order rotated to `origin` (0..1)
-        (see discover.lua)."""
-        found, seen = [], set()
-        offsets, driver = [0] * runs, 0
-        while len(found) < wanted and any(o >= 0 for o in offsets):
-            active = sum(o >= 0 for o in offsets)
-            need = -(-(wanted - len(found)) // active)  # per run still walking
-            page = await self.registry.discover_page(ns, caps, filters_json,
-                                                     min(need, DISCOVER_BATCH), offsets, driver,
-                                                     DISCOVER_BUDGET, origin, runs)
-            offsets, driver = page.offsets, page.driver
-            # Calls see the index at different moments: an agent re-scored in between may
-            # show up twice.
-            for score, agent in page.found:
-                if agent.agent_id not in seen:
-                    seen.add(agent.agent_id)
-                    found.append((score, agent))
-        return found
 
     @rpc_calls.unary("list")
     async def ListAgents(self, request, context):
