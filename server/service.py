@@ -5,9 +5,6 @@ WatchAgents reads the change log through watch.py.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import random
 import secrets
 import time
@@ -186,7 +183,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
         capability = (validation.capabilities([request.capability], "capability")[0]
                       if request.capability else "")
         types = [agent_type] if agent_type else sorted(validation.AGENT_TYPES)
-        current, after = _decode_page_token(request.page_token, types)
+        current, after = validation.page_token(request.page_token, types)
         agents, budget = [], page_size
         while budget > 0 and current is not None:
             page = await self.registry.list_page(ns, current, after, budget, filters.as_json(),
@@ -198,7 +195,7 @@ class RegistryService(pb_grpc.ServiceRegistryServicer):
             else:  # this type is exhausted: go on with the next one
                 later = [t for t in types if t > current]
                 current, after = (later[0] if later else None), ""
-        token = _encode_page_token(current, after) if current is not None else ""
+        token = validation.encode_page_token(current, after) if current is not None else ""
         return pb.ListAgentsResponse(agents=agents, next_page_token=token)
 
     @rpc_calls.unary("stats")
@@ -228,26 +225,3 @@ def _failed_heartbeat(request, exc: Exception) -> pb.HeartbeatResponse:
     code, message = rpc_calls.item_failed("heartbeat", exc)
     return pb.HeartbeatResponse(agent_id=request.agent_id, error_code=code.value[0],
                                 error_message=message)
-
-
-def _encode_page_token(agent_type: int, after: str) -> str:
-    raw = json.dumps([agent_type, after], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_page_token(token: str, types: list[int]) -> tuple[int, str]:
-    """Only a token this server could have written: an int type (not True, not 1.0: both
-    equal 1 in Python) among `types`, a valid agent name or "", in the canonical encoding."""
-    if not token:
-        return types[0], ""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        agent_type, after = json.loads(raw)
-        if (type(agent_type) is int and agent_type in types and isinstance(after, str)
-                and (after == "" or validation.agent_name(after, "page_token"))
-                and _encode_page_token(agent_type, after) == token):
-            return agent_type, after
-    except (ValueError, TypeError, binascii.Error):
-        pass
-    raise InvalidArgument("page_token: not a token from a previous ListAgents reply with the "
-                          "same agent_type")

@@ -4,6 +4,8 @@ Limits are documented in the README ("Limits"); change them here only.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -331,3 +333,27 @@ def notification(request) -> tuple[str, str]:
     if size > MAX_NOTIFY_PAYLOAD_BYTES:
         raise InvalidArgument(f"payload: {size} bytes, at most {MAX_NOTIFY_PAYLOAD_BYTES}")
     return request.kind, request.payload
+
+
+def encode_page_token(agent_type: int, after: str) -> str:
+    raw = json.dumps([agent_type, after], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def page_token(token: str, types: list[int]) -> tuple[int, str]:
+    """The (agent type, last name) a ListAgents page token holds; only a token this server
+    could have written: an int type (not True, not 1.0: both equal 1 in Python) among `types`,
+    a valid agent name or "", in the canonical encoding."""
+    if not token:
+        return types[0], ""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        agent_type, after = json.loads(raw)
+        if (type(agent_type) is int and agent_type in types and isinstance(after, str)
+                and (after == "" or agent_name(after, "page_token"))
+                and encode_page_token(agent_type, after) == token):
+            return agent_type, after
+    except (ValueError, TypeError, binascii.Error):
+        pass
+    raise InvalidArgument("page_token: not a token from a previous ListAgents reply with the "
+                          "same agent_type")
