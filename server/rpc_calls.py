@@ -46,23 +46,35 @@ async def _abort(servicer, operation: str, start: float, exc: Exception, context
     await context.abort(code, message)
 
 
+class _Tracked:
+    """One call, in flight from entry to exit: counted ok, or ended with its status."""
+    __slots__ = ("servicer", "operation", "context", "start")
+
+    def __init__(self, servicer, operation: str, context):
+        self.servicer, self.operation, self.context = servicer, operation, context
+
+    async def __aenter__(self) -> None:
+        self.start = time.perf_counter()
+        IN_FLIGHT.enter()
+
+    async def __aexit__(self, kind, exc, traceback) -> bool:
+        try:
+            if exc is None:
+                metrics.observe(self.operation, "ok", time.perf_counter() - self.start)
+            elif isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
+                await _abort(self.servicer, self.operation, self.start, exc, self.context)
+        finally:
+            IN_FLIGHT.leave()
+        return False
+
+
 def unary(operation: str):
     """Wraps a unary handler: status mapping, metrics and latency under `operation`."""
     def wrap(handler):
         @functools.wraps(handler)
         async def call(self, request, context):
-            start = time.perf_counter()
-            IN_FLIGHT.enter()
-            try:
-                reply = await handler(self, request, context)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure becomes a status
-                await _abort(self, operation, start, exc, context)
-            finally:
-                IN_FLIGHT.leave()
-            metrics.observe(operation, "ok", time.perf_counter() - start)
-            return reply
+            async with _Tracked(self, operation, context):
+                return await handler(self, request, context)
         return call
     return wrap
 
@@ -72,18 +84,9 @@ def streaming(operation: str):
     def wrap(handler):
         @functools.wraps(handler)
         async def call(self, request, context):
-            start = time.perf_counter()
-            IN_FLIGHT.enter()
-            try:
+            async with _Tracked(self, operation, context):
                 async for item in handler(self, request, context):
                     yield item
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure becomes a status
-                await _abort(self, operation, start, exc, context)
-            finally:
-                IN_FLIGHT.leave()
-            metrics.observe(operation, "ok", time.perf_counter() - start)
         return call
     return wrap
 
