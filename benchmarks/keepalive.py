@@ -3,7 +3,8 @@ ServiceRegistryClient.keep_alive() at a short interval, once per transport (Hear
 tick, the default, and one HeartbeatStream). Heartbeats/s, server CPU and client CPU per
 heartbeat, as ratios to the unary heartbeat and to the Redis ceiling of the same run.
 
-The client runs in a load-generator process (keepalive_client.py) and meters its own window. Targets (issue 12): server CPU per kept-alive heartbeat at most 1/3 of a unary
+The client runs in a load-generator process (keepalive_client.py) and meters its own window.
+Targets (issue 12): server CPU per kept-alive heartbeat at most 1/3 of a unary
 heartbeat's; kept-alive heartbeats/s at least 0.6x redis-benchmark -P 16 on heartbeat.lua.
 """
 from __future__ import annotations

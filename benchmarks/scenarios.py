@@ -27,7 +27,7 @@ from server import scripts as server_scripts
 from . import env, h2load
 from .stats import Result, merge, percentiles, skipped
 
-CAPS = [f"cap-{i:02d}" for i in range(20)]          # 3 of 20 per agent, as REDIS-FACTS
+CAPS = [f"cap-{i:02d}" for i in range(20)]          # 3 of 20 per agent (memory figures use it)
 ZONES = ["eu", "us", "ap", "sa"]
 TELEMETRY = pb.AgentTelemetry(success_rate=0.99, avg_duration_ms=12.5, total_executions=100,
                               failed_executions=1)
@@ -249,11 +249,11 @@ async def populate(bench, ns: str, count: int) -> float:
 
 
 async def hb_agents(bench) -> list[str]:
-    if getattr(bench, "_hb_agents", None) is None:
+    if getattr(bench, "heartbeat_agents", None) is None:
         ns = bench.namespace("hb")
         names = [f"hb{i:05d}" for i in range(bench.profile.hb_agents)]
-        bench._hb_agents = await register_agents(bench, ns, names)
-    return bench._hb_agents
+        bench.heartbeat_agents = await register_agents(bench, ns, names)
+    return bench.heartbeat_agents
 
 
 def batches(agent_ids: list[str], size: int) -> list[bytes]:

@@ -34,8 +34,9 @@ def merge(arrays) -> array:
 @dataclass
 class Result:
     scenario: str                 # e.g. "heartbeat.unary"
-    group: str                    # ceiling, register, heartbeat, discover, mixed, watch, expiry, memory
-    unit: str                     # what `ops` counts: calls, heartbeats, deliveries, expiries, agents
+    # ceiling, register, heartbeat, discover, mixed, watch, expiry, memory
+    group: str
+    unit: str  # what `ops` counts: calls, heartbeats, deliveries, expiries, agents
     ops: int = 0                  # completed operations in the measured window
     errors: int | None = 0        # None: the driver cannot tell (see notes)
     seconds: float = 0.0          # measured window

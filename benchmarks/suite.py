@@ -73,7 +73,8 @@ PROFILES = {
                     fleets=(1000, 10000, 100000), discover_duration=5.0, redis_probe_calls=300,
                     mixed_duration=10.0, mixed_discover_rate=100.0, watchers=1000,
                     watch_events=100, watch_rate=10.0, expiry_agents=10000, expiry_timeout=3.0,
-                    expiry_dead=100, expiry_live=100000, memory_agents=20000, redis_bench_requests=500_000),
+                    expiry_dead=100, expiry_live=100000, memory_agents=20000,
+                    redis_bench_requests=500_000),
     # For the smoke test: every scenario runs, nothing is measured seriously.
     "tiny": Profile("tiny", duration=0.4, warmup=0.1, register_agents=40, hb_agents=20,
                     batch_size=10, stream_messages=5, stream_agents=2, fleets=(200,),

@@ -10,18 +10,18 @@ import os
 # gRPC reads this once, when it is first imported: its own log lines would break JSON logs.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-import importlib  # noqa: E402
-import logging  # noqa: E402
+import importlib
+import logging
 
-import click  # noqa: E402
+import click
 
-from .agents import agents  # noqa: E402
-from .completion import PROG, completion  # noqa: E402
-from .connection import Connection, accept_after_the_command, connection_options  # noqa: E402
-from .notify import notify  # noqa: E402
-from .serve import serve  # noqa: E402
-from .stats import stats  # noqa: E402
-from .watch import watch  # noqa: E402
+from .agents import agents
+from .completion import PROG, completion
+from .connection import Connection, accept_after_the_command, connection_options
+from .notify import notify
+from .serve import serve
+from .stats import stats
+from .watch import watch
 
 
 class Commands(click.Group):

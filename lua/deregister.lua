@@ -1,5 +1,8 @@
 --[[ deregister: remove an agent and every index entry (also used for eviction).
 KEYS[1] log   KEYS[2] deadlines   KEYS[3] agent hash
+(KEYS[1], KEYS[3] are reached through ARGV[1] in agent.lua's helpers.)
+Derived inside from ARGV[1] and the stored record (hash tag {ns}: KEYS[1]'s slot): lease, inbox,
+health, counts, type and capability zsets, activity and outage keys.
 ARGV[1] namespace prefix   ARGV[2] agent name   ARGV[3] log max length
 ARGV[4] event: "deregistered" or "evicted"   ARGV[5] reason (logged with evictions)
 ARGV[6] owner required ("" = any)

@@ -1,5 +1,6 @@
 --[[ discover: live agents having every capability, passing the filters, healthiest first.
 KEYS[1..n] capability zsets (or only the namespace health zset when no capability is asked)
+Derived inside from ARGV[1] (hash tag {ns}: KEYS[1]'s slot): each candidate's hash.
 ARGV[1] namespace prefix   ARGV[2] results still wanted (per run)   ARGV[3] offset: candidates
 of the driver zset already walked (with runs: one per run, comma-separated, -1 = run done)
 ARGV[4] scan budget: candidates this call may examine (shared by the runs)

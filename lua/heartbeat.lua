@@ -1,5 +1,8 @@
 --[[ heartbeat: refresh an agent's lease, store telemetry, hand out pending notifications.
 KEYS[1] log   KEYS[2] deadlines   KEYS[3] agent hash   KEYS[4] lease   KEYS[5] inbox
+(KEYS[1], KEYS[2], KEYS[4] are reached through ARGV[1] in agent.lua's helpers.)
+Derived inside from ARGV[1] and the record (hash tag {ns}: KEYS[1]'s slot): health, counts,
+capability zsets of the stored record, activity and outage keys.
 ARGV[1] namespace prefix   ARGV[2] agent name   ARGV[3] heartbeat timeout ms
 ARGV[4] log max length     ARGV[5] reported status (0 = derive from telemetry)
 ARGV[6] has telemetry (1/0)  ARGV[7] success_rate  ARGV[8] avg_duration_ms
@@ -69,6 +72,6 @@ local reply = {tonumber(rec[F.status]), deadline}
 local pending = redis.call('XRANGE', KEYS[5], '-', '+', 'COUNT', tonumber(ARGV[14]))
 for _, entry in ipairs(pending) do
   local n = to_map(entry[2])
-  reply[#reply + 1] = {entry[1], n.k, n.p}
+  reply[#reply + 1] = {entry[1], n[IF.kind], n[IF.payload]}
 end
 return reply

@@ -1,5 +1,8 @@
 --[[ notify: put a message in one agent's inbox and announce it on the change log.
 KEYS[1] log   KEYS[2] agent hash   KEYS[3] inbox
+(KEYS[2] is reached through ARGV[1] in agent.lua's helpers.)
+Derived inside from ARGV[1] (hash tag {ns}: KEYS[1]'s slot): deadlines, lease, outage keys (a
+deadline moved after an outage), and on an expired agent what reaping it touches.
 ARGV[1] namespace prefix   ARGV[2] agent name   ARGV[3] log max length
 ARGV[4] kind   ARGV[5] payload   ARGV[6] inbox capacity
 Returns the notification id. It stays in the inbox, and is handed out with every heartbeat,
@@ -17,7 +20,7 @@ if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[6]) then
     ARGV[6] .. ' notifications')
 end
 if shift > 0 then move_deadline(P, name, rec, shift, now) end
-local id = redis.call('XADD', KEYS[3], '*', 'k', ARGV[4], 'p', ARGV[5])
+local id = redis.call('XADD', KEYS[3], '*', IF.kind, ARGV[4], IF.payload, ARGV[5])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', EF.type, EV.NOTIFICATION, EF.agent, name,
   EF.notification, id, EF.kind, ARGV[4], EF.payload, ARGV[5])
 return id

@@ -1,6 +1,8 @@
 --[[ reap: remove agents whose lease deadline has passed, logging one EXPIRED event each;
 deadlines that fell inside a registry outage are moved forward once instead (agent.lua).
 KEYS[1] log   KEYS[2] deadlines
+Derived inside from ARGV[1] and each reaped record (hash tag {ns}: KEYS[1]'s slot): agent
+hashes, leases, inboxes, health, counts, type and capability zsets, activity and outage keys.
 ARGV[1] namespace prefix   ARGV[2] log max length   ARGV[3] at most this many agents
 ARGV[4] optional agent name: reap only this one (from a lease-expiry notification)
 ARGV[5] registry silence (ms) that counts as an outage, 0 = no outage protection

@@ -1,5 +1,8 @@
 --[[ register: create or replace an agent and index it.
 KEYS[1] log   KEYS[2] deadlines   KEYS[3] agent hash   KEYS[4] lease
+(KEYS[1], KEYS[4] are reached through ARGV[1] in agent.lua's helpers; still to be passed down.)
+Derived inside from ARGV[1] and the records (hash tag {ns}: KEYS[1]'s slot): health, counts,
+type and capability zsets (old and new record), activity and outage keys, inbox (on reap).
 ARGV[1] namespace prefix   ARGV[2] agent name   ARGV[3] heartbeat timeout ms
 ARGV[4] log max length     ARGV[5] agent type   ARGV[6] status   ARGV[7] capabilities, comma-joined, sorted
 ARGV[8] endpoint     ARGV[9] cluster  ARGV[10] version

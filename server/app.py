@@ -14,12 +14,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
-from . import binding, errors, keys, metrics, validation
+from . import binding, metrics, rpc_calls, validation
 from .auth import Auth, TokensFileError, refusing_handler
 from .config import Settings
 from .errors import RpcError
 from .expiry import Reaper
 from .http.app import HttpApp
+from .registry_store import RegistryStore
 from .service import RegistryService
 from .store import Store
 from .tasks import cancel_tasks
@@ -128,13 +129,14 @@ class Server:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = Store(settings)
-        self.watches = Watches(settings, self.store)
-        self.reaper = Reaper(settings, self.store)
+        self.registry = RegistryStore(settings, self.store)
+        self.watches = Watches(settings, self.store, self.registry)
+        self.reaper = Reaper(settings, self.store, self.registry)
         self.health = Health()
         self.auth = Auth(settings.tokens_file)     # TokensFileError: bad file
         self.tls = ServerTLS.from_settings(settings)  # TLSError: unusable certificate files
-        self.service = RegistryService(settings, self.store, self.watches, self.auth,
-                                       on_unavailable=self._mark_unavailable)
+        self.service = RegistryService(settings, self.store, self.registry, self.watches,
+                                       self.auth, on_unavailable=self._mark_unavailable)
         self.gate = Gate(self.auth)
         self.grpc = grpc.aio.server(
             interceptors=[self.gate],
@@ -297,16 +299,11 @@ class Server:
         while True:
             try:
                 namespaces = await self.store.namespaces()
-                async with self.store.redis.pipeline(transaction=False) as pipe:
-                    for ns in namespaces:
-                        pipe.zcard(keys.namespace(ns).health)
-                        pipe.hgetall(keys.namespace(ns).counts)
-                    replies = await pipe.execute()
-                for ns, count, counts in zip(namespaces, replies[::2], replies[1::2]):
+                for ns, (count, by_status) in zip(
+                        namespaces, await self.registry.agent_counts(namespaces)):
                     metrics.AGENTS.labels(ns).set(count)
-                    for status, name in validation.STATUSES.items():
-                        metrics.AGENTS_BY_STATUS.labels(ns, name).set(
-                            int(counts.get(f"s:{status}", 0)))
+                    for name, n in by_status.items():
+                        metrics.AGENTS_BY_STATUS.labels(ns, name).set(n)
                 for ns in shown - set(namespaces):
                     metrics.AGENTS.remove(ns)
                     for name in validation.STATUSES.values():
@@ -341,16 +338,16 @@ class Server:
                  "told to resume elsewhere, in-flight calls have %ss", watchers, grace)
         if exiting:
             log.info("draining: stopping gRPC once in-flight calls end (%d now)",
-                     errors.IN_FLIGHT.count)
+                     rpc_calls.IN_FLIGHT.count)
             left = grace - (time.monotonic() - started)
-            idle = asyncio.ensure_future(errors.IN_FLIGHT.idle())
+            idle = asyncio.ensure_future(rpc_calls.IN_FLIGHT.idle())
             cut = asyncio.ensure_future(self._cut_short.wait())
             await asyncio.wait([idle, cut], timeout=max(0.0, left),
                                return_when=asyncio.FIRST_COMPLETED)
             idle.cancel()
             cut.cancel()
             log.info("draining: %d call(s) still in flight after %.1fs, %d new call(s) "
-                     "refused", errors.IN_FLIGHT.count, time.monotonic() - started,
+                     "refused", rpc_calls.IN_FLIGHT.count, time.monotonic() - started,
                      self.gate.refused)
             await self._close_store(DRAIN_FLUSH)
             self._remove_drain_socket()

@@ -60,6 +60,7 @@ def pick(agents: list[pb.AgentInfo], wanted: int, now_ms: int,
     """`wanted` agents drawn without replacement with probability proportional to weight, in
     draw order: key u^(1/w) per agent, the largest keys win."""
     rng = rng or random
-    keyed = [(rng.random() ** (1.0 / w), i) for i, w in enumerate(weights(agents, now_ms, warmup_ms))]
+    keyed = [(rng.random() ** (1.0 / w), i)
+             for i, w in enumerate(weights(agents, now_ms, warmup_ms))]
     keyed.sort(reverse=True)
     return [agents[i] for _, i in keyed[:wanted]]

@@ -55,7 +55,7 @@ class Settings:
         return f"{host}:{self.port}"
 
 
-# Setting -> environment variable (the seed's four first).
+# Setting -> environment variable (first the four the service contract README names).
 ENVIRONMENT = {
     "host": "SERVICE_REGISTRY_HOST",
     "port": "SERVICE_REGISTRY_PORT",

@@ -1,9 +1,11 @@
 """Expiry: reaps agents whose lease deadline has passed, logging one EXPIRED event each.
 
-Two triggers run reap.lua: Redis's `expired` keyspace events for lease keys (fast, but late
-and lossy, see REDIS-FACTS.md), and a sweeper every SWEEP_INTERVAL seconds (the safety net
-that catches everything). reap.lua checks the deadline itself, so any number of processes and
-triggers may race: each agent expires exactly once.
+Two triggers run reap.lua: Redis's `expired` keyspace events for lease keys (fast, but late:
+Redis emits one only when it deletes the key, on access or in its sampling expire cycle; and
+lossy: pub/sub drops it while no one is subscribed, replicas never emit it), and a sweeper
+every SWEEP_INTERVAL seconds (the safety net that catches everything). reap.lua checks the
+deadline itself, so any number of processes and triggers may race: each agent expires exactly
+once.
 
 The sweeper does not visit every namespace: a schedule (keys.DUE) holds, per namespace with
 agents, a lower bound of its earliest deadline, and each pass visits only the namespaces due.
@@ -19,11 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-
 from . import keys, metrics
 from .config import Settings
 from .errors import REDIS_DOWN
+from .registry_store import Reaped, RegistryStore
 from .store import Store
 from .tasks import cancel_tasks
 
@@ -34,31 +35,12 @@ DUE_BATCH = 500           # namespaces read from the schedule at once
 SUBSCRIBE_RETRY = 1.0
 
 
-def outage_quiet_ms(settings: Settings) -> int:
-    """Silence (ms) in a namespace that counts as a registry outage, 0 = protection off. A
-    running registry works in every namespace with agents at least every half timeout plus a
-    sweep interval, so a heartbeat timeout plus a sweep interval leaves half a timeout spare."""
-    if not settings.outage_protection:
-        return 0
-    return settings.heartbeat_timeout_ms + int(settings.sweep_interval * 1000)
-
-
-@dataclass(frozen=True)
-class Reaped:
-    reaped: int
-    moved: int
-    earliest_ms: int    # earliest deadline left, -1 when the namespace has no agents
-    now_ms: int         # Redis's clock
-    outage_ms: int      # an outage recorded by this call, 0 = none
-
-
 class Reaper:
-    def __init__(self, settings: Settings, store: Store):
+    def __init__(self, settings: Settings, store: Store, registry: RegistryStore):
         self.settings = settings
         self.store = store
+        self.registry = registry
         self._tasks: list[asyncio.Task] = []
-        self.maxlen = str(settings.log_max_events)
-        self.quiet_ms = str(outage_quiet_ms(settings))
         self.revisit_ms = settings.heartbeat_timeout_ms // 2
         self._seeded = False
 
@@ -72,10 +54,7 @@ class Reaper:
         self._tasks.clear()
 
     async def reap(self, namespace: str, name: str = "") -> Reaped:
-        k = keys.namespace(namespace)
-        result = Reaped(*(int(x) for x in await self.store.scripts.reap(
-            keys=[k.log, k.deadlines],
-            args=[k.prefix, self.maxlen, REAP_BATCH, name, self.quiet_ms])))
+        result = await self.registry.reap(namespace, name, REAP_BATCH)
         if result.outage_ms:
             metrics.OUTAGES.labels(namespace).inc()
             log.warning("namespace %s: no registry process worked here for %.1fs (a registry "
@@ -95,7 +74,7 @@ class Reaper:
             self._seeded = True
         total = 0
         while True:
-            due = await self.store.due_namespaces(DUE_BATCH)
+            due = await self.registry.due(DUE_BATCH)
             for ns in due:
                 total += await self._visit(ns)
             if len(due) < DUE_BATCH:
@@ -124,7 +103,7 @@ class Reaper:
                 await self.sweep()
             except REDIS_DOWN:
                 pass  # health reports the outage; the next pass catches up
-            except Exception:  # noqa: BLE001 - the sweeper must survive anything
+            except Exception:
                 log.exception("expiry sweep failed")
             await asyncio.sleep(self.settings.sweep_interval)
 

@@ -18,10 +18,10 @@ import sys
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc is imported: no core chatter
 
-import grpc  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from . import tls  # noqa: E402
+from . import tls
 
 WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "::": "[::1]",
              "[::]": "[::1]"}

@@ -13,7 +13,7 @@ from functools import lru_cache
 ROOT = "sr"
 # Keys outside every namespace's hash tag: on Redis Cluster each lives in a slot of its own, so
 # no namespace script touches them; the server writes them next to the script calls.
-NAMESPACES = f"{ROOT}:namespaces"  # set of namespaces holding agents (for Discover/Stats across all)
+NAMESPACES = f"{ROOT}:namespaces"  # set: namespaces holding agents (Discover/Stats across all)
 EPOCH = f"{ROOT}:epoch"            # random id written once; gone or changed = the store was reset
 DUE = f"{ROOT}:due"                # zset: namespace -> earliest lease deadline (ms), a lower bound
 
@@ -29,6 +29,12 @@ COUNTS = "n"        # hash: agents per type and per status, for stats
 LOG = "log"         # stream: the change log; its ids are revisions
 ACTIVE = "ok"       # string: when the registry last worked here (ms): heartbeat, register, sweep
 GAP = "g"           # hash s, e: the last registry outage (ms); deadlines inside it are moved once
+
+# Fields of the COUNTS hash: agents per type and per status, e.g. "t:1", "s:3".
+TYPE_COUNT = "t:"
+STATUS_COUNT = "s:"
+# Notification fields in an agent's INBOX stream.
+INBOX_FIELDS = {"kind": "k", "payload": "p"}
 
 # Agent hash fields (short: the hash stays in Redis's compact listpack encoding).
 FIELDS = {
@@ -117,6 +123,14 @@ def namespace(ns: str) -> NamespaceKeys:
     return NamespaceKeys(ns, f"{ROOT}:{{{ns}}}:")
 
 
+def type_count(agent_type: int) -> str:
+    return TYPE_COUNT + str(agent_type)
+
+
+def status_count(status: int) -> str:
+    return STATUS_COUNT + str(status)
+
+
 def _split(key: str) -> tuple[str, str] | None:
     """(namespace, suffix) of a per-namespace key "sr:{ns}:suffix", else None."""
     head = f"{ROOT}:{{"
@@ -143,9 +157,11 @@ def parse_namespace_key(key: str) -> str | None:
 def lua_header() -> str:
     """Lua constants mirroring this module, prepended to every script."""
     suffixes = dict(AGENT=AGENT, LEASE=LEASE, INBOX=INBOX, CAPABILITY=CAPABILITY, TYPE=TYPE,
-                    HEALTH=HEALTH, DEADLINES=DEADLINES, COUNTS=COUNTS, LOG=LOG, ACTIVE=ACTIVE, GAP=GAP,
-                    METADATA=METADATA_PREFIX)
+                    HEALTH=HEALTH, DEADLINES=DEADLINES, COUNTS=COUNTS, LOG=LOG, ACTIVE=ACTIVE,
+                    GAP=GAP,
+                    METADATA=METADATA_PREFIX, TYPE_COUNT=TYPE_COUNT, STATUS_COUNT=STATUS_COUNT)
     k = ", ".join(f"{name}='{v}'" for name, v in suffixes.items())
     f = ", ".join(f"{name}='{v}'" for name, v in FIELDS.items())
     e = ", ".join(f"{name}='{v}'" for name, v in EVENT_FIELDS.items())
-    return f"local K = {{{k}}}\nlocal F = {{{f}}}\nlocal EF = {{{e}}}\n"
+    i = ", ".join(f"{name}='{v}'" for name, v in INBOX_FIELDS.items())
+    return f"local K = {{{k}}}\nlocal F = {{{f}}}\nlocal EF = {{{e}}}\nlocal IF = {{{i}}}\n"

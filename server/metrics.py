@@ -1,4 +1,4 @@
-"""Prometheus metrics (names from the seed README), served at /metrics by server/http."""
+"""Prometheus metrics (names from the service contract README), served at /metrics (server/http)."""
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -31,7 +31,7 @@ OUTAGE_MOVED = Counter("service_registry_outage_deadlines_moved_total",
 STORE_RESETS = Counter("service_registry_store_resets_total",
                        "Times this process found the store reset (its data gone)")
 
-# Operations whose attempts the seed counts separately.
+# Operations whose attempts the contract README counts in a metric of their own.
 ATTEMPTS = {"register": REGISTER, "heartbeat": HEARTBEAT, "discover": DISCOVER}
 
 

@@ -15,7 +15,6 @@ from redis.backoff import ExponentialBackoff
 
 from . import keys, metrics
 from .config import Settings
-from .scripts import Scripts
 
 log = logging.getLogger("service_registry")
 
@@ -35,7 +34,6 @@ class Store:
             import fakeredis
             self._fake_server = fakeredis.FakeServer()
         self.redis = self.client(COMMAND_TIMEOUT)
-        self.scripts = Scripts(self.redis)
         self._namespaces: set[str] = set()
         self._namespaces_read_at = 0.0
         self.epoch: str | None = None       # the store's epoch when this process last looked
@@ -100,9 +98,6 @@ class Store:
 
     async def schedule(self, namespace: str, at_ms: int) -> None:
         await self.redis.zadd(keys.DUE, {namespace: at_ms})
-
-    async def due_namespaces(self, limit: int) -> list[str]:
-        return await self.scripts.due(keys=[keys.DUE], args=[limit])
 
     async def forget_if_empty(self, namespace: str) -> bool:
         """Drops a namespace without agents from the set and the schedule, so idle cost does

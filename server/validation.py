@@ -4,6 +4,8 @@ Limits are documented in the README ("Limits"); change them here only.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -64,9 +66,27 @@ class AgentRef:
     def agent_id(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    @property
-    def keys(self) -> keys.NamespaceKeys:
-        return keys.namespace(self.namespace)
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """A validated Register request: what register.lua stores."""
+    agent_type: int
+    status: int
+    capabilities: list[str]
+    endpoint: str
+    cluster: str
+    version: str
+    metadata: dict[str, str]
+    card_json: str  # "" = no Agent Card
+
+
+@dataclass(slots=True)  # not frozen: built per heartbeat, a frozen __init__ costs more
+class Beat:
+    """A validated heartbeat: telemetry None when the request has none."""
+    ref: AgentRef
+    status: int
+    telemetry: tuple[str, str, str, str] | None
+    acks: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -259,3 +279,81 @@ def filters(values, field: str = "filters") -> Filters:
             clauses.append((keys.METADATA_PREFIX + meta_key, "eq",
                             _text(value, where, MAX_TEXT_LEN)))
     return Filters(ns, tuple(clauses))
+
+
+def agent_spec(request, card) -> AgentSpec:
+    """A Register request with its parsed Agent Card (or None): with a card, agent_type
+    defaults to WORKER and the card fills in endpoint, version and more capabilities."""
+    kind = agent_type(request.agent_type or (pb.WORKER if card else 0))
+    initial = status(request.status) or pb.HEALTHY
+    caps = capabilities(request.capabilities)
+    meta = metadata(request.metadata)
+    where = endpoint(request.endpoint or (card.endpoint if card else ""))
+    cluster = short_text(request.cluster, "cluster")
+    version = short_text(request.version or (card.version if card else ""), "version")
+    if card:
+        caps = sorted(set(caps) | set(card.capabilities))
+    return AgentSpec(kind, initial, caps, where, cluster, version, meta,
+                     card.json if card else "")
+
+
+def heartbeat(request) -> Beat:
+    ref = agent_ref(request.agent_id)
+    beat_status = status(request.status)
+    measured = telemetry(request.telemetry) if request.HasField("telemetry") else None
+    if len(request.ack_notification_ids) > MAX_ACKS:
+        raise InvalidArgument(f"ack_notification_ids: at most {MAX_ACKS}")
+    for nid in request.ack_notification_ids:
+        stream_id(nid, "ack_notification_ids")
+    return Beat(ref, beat_status, measured, tuple(request.ack_notification_ids))
+
+
+def batch_size(beats) -> None:
+    if len(beats) > MAX_BATCH:
+        raise InvalidArgument(f"heartbeats: {len(beats)} given, at most {MAX_BATCH}")
+
+
+def eviction(request) -> tuple[list[AgentRef], str]:
+    """The agents an EvictAgents request names, and its reason."""
+    if not request.agent_ids:
+        raise InvalidArgument("agent_ids: at least one is required")
+    if len(request.agent_ids) > MAX_EVICT_IDS:
+        raise InvalidArgument(f"agent_ids: at most {MAX_EVICT_IDS} per call")
+    if len(request.reason) > MAX_REASON_LEN:
+        raise InvalidArgument(f"reason: longer than {MAX_REASON_LEN} characters")
+    refs = [agent_ref(a, field=f"agent_ids[{i}]") for i, a in enumerate(request.agent_ids)]
+    return refs, request.reason
+
+
+def notification(request) -> tuple[str, str]:
+    """The kind and payload of a NotifyAgent request."""
+    if not request.kind or len(request.kind) > MAX_NOTIFY_KIND_LEN:
+        raise InvalidArgument(f"kind: required, at most {MAX_NOTIFY_KIND_LEN} characters")
+    size = len(request.payload.encode())
+    if size > MAX_NOTIFY_PAYLOAD_BYTES:
+        raise InvalidArgument(f"payload: {size} bytes, at most {MAX_NOTIFY_PAYLOAD_BYTES}")
+    return request.kind, request.payload
+
+
+def encode_page_token(agent_type: int, after: str) -> str:
+    raw = json.dumps([agent_type, after], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def page_token(token: str, types: list[int]) -> tuple[int, str]:
+    """The (agent type, last name) a ListAgents page token holds; only a token this server
+    could have written: an int type (not True, not 1.0: both equal 1 in Python) among `types`,
+    a valid agent name or "", in the canonical encoding."""
+    if not token:
+        return types[0], ""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        agent_type, after = json.loads(raw)
+        if (type(agent_type) is int and agent_type in types and isinstance(after, str)
+                and (after == "" or agent_name(after, "page_token"))
+                and encode_page_token(agent_type, after) == token):
+            return agent_type, after
+    except (ValueError, TypeError, binascii.Error):
+        pass
+    raise InvalidArgument("page_token: not a token from a previous ListAgents reply with the "
+                          "same agent_type")

@@ -2,9 +2,9 @@
 
 Log readers follow the logs of the watched namespaces, up to STREAMS_PER_READER per XREAD
 BLOCK on one connection, and hand each entry to every watcher of its namespace; a watcher has
-a bounded buffer and is cut off with RESOURCE_EXHAUSTED when it overflows. A watcher resumes from any revision still in the log:
-it joins the live feed first, then reads the log from its revision up to where the feed stood,
-so nothing falls between the two.
+a bounded buffer and is cut off with RESOURCE_EXHAUSTED when it overflows. A watcher resumes
+from any revision still in the log: it joins the live feed first, then reads the log from its
+revision up to where the feed stood, so nothing falls between the two.
 """
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ import grpc
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from redis.exceptions import ResponseError
 
-from . import convert, metrics, validation
+from . import convert, keys, metrics, validation
 from .config import Settings
 from .errors import REDIS_DOWN, RpcError
 from .keys import EVENT_FIELDS as EF, FIELDS as F
+from .registry_store import RegistryStore
 from .store import Store
 
 log = logging.getLogger("service_registry")
@@ -164,7 +165,7 @@ class Feed:
     def __init__(self, store: Store, namespace: str):
         self.store = store
         self.namespace = namespace
-        self.log_key = validation.AgentRef(namespace, "_").keys.log
+        self.log_key = keys.namespace(namespace).log
         self.watchers: set[Watcher] = set()
         self.position = "0-0"   # last revision handed to watchers
         self.ready = asyncio.Event()
@@ -261,7 +262,7 @@ class LogReader:
                     feed = self.feeds.get(key)
                     if feed is not None:
                         feed.deliver(entries)
-        except Exception as exc:  # noqa: BLE001 - its watchers resume, on a new reader
+        except Exception as exc:
             log.exception("watch log reader failed")
             for feed in self.feeds.values():
                 feed.end(RpcError(grpc.StatusCode.UNAVAILABLE, f"watch reader failed ({exc}); "
@@ -288,9 +289,10 @@ async def last_revision(redis, log_key: str) -> str:
 
 
 class Watches:
-    def __init__(self, settings: Settings, store: Store):
+    def __init__(self, settings: Settings, store: Store, registry: RegistryStore):
         self.settings = settings
         self.store = store
+        self.registry = registry
         self.feeds: dict[str, Feed] = {}
         self.readers: list[LogReader] = []
         self.closing: RpcError | None = None
@@ -443,27 +445,21 @@ class Watches:
                            f"since_revision: {since} is older than the log; {RESET_MESSAGE}")
 
     async def _snapshot(self, namespace: str, selector: Selector):
-        scripts = self.store.scripts
-        k = validation.AgentRef(namespace, "_").keys
         if selector.name:
-            flat = await scripts.get(keys=[k.agent(selector.name)])
-            if flat:
-                yield pb.WatchEvent(type=pb.SNAPSHOT,
-                                    agent=convert.from_flat(namespace, selector.name, flat))
+            agent = await self.registry.get(validation.AgentRef(namespace, selector.name))
+            if agent is not None:
+                yield pb.WatchEvent(type=pb.SNAPSHOT, agent=agent)
             return
         types = ([selector.agent_type] if selector.agent_type
                  else sorted(validation.AGENT_TYPES))
-        cap_key = k.capability(selector.capability) if selector.capability else ""
         clauses = json.dumps(selector.filters.clauses)
         for agent_type in types:
             after = ""
             while True:
-                last, _, *found = await scripts.list(
-                    keys=[k.agent_type(agent_type)],
-                    args=[k.prefix, after, SNAPSHOT_PAGE, clauses, cap_key])
-                for name, flat in zip(found[::2], found[1::2]):
-                    yield pb.WatchEvent(type=pb.SNAPSHOT,
-                                        agent=convert.from_flat(namespace, name, flat))
-                if not last:
+                page = await self.registry.list_page(namespace, agent_type, after,
+                                                     SNAPSHOT_PAGE, clauses, selector.capability)
+                for agent in page.agents:
+                    yield pb.WatchEvent(type=pb.SNAPSHOT, agent=agent)
+                if not page.last:
                     break
-                after = last
+                after = page.last

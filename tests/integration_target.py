@@ -1,5 +1,6 @@
-"""The seed's integration-test convention: tests marked `integration` run against the server at
-SERVICE_REGISTRY_HOST/SERVICE_REGISTRY_PORT when both are set, instead of one the fixtures start.
+"""The contract README's integration-test convention: tests marked `integration` run against
+the server at SERVICE_REGISTRY_HOST/SERVICE_REGISTRY_PORT when both are set, instead of one the
+fixtures start.
 
     SERVICE_REGISTRY_HOST=localhost SERVICE_REGISTRY_PORT=50051 pytest -m integration
 

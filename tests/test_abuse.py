@@ -11,6 +11,7 @@ from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 
 from server import keys
 from server.keys import EVENT_FIELDS as EF
+from server.validation import AgentRef, Beat
 from test_auth import bearer, secured, tokens_file  # noqa: F401 - fixtures
 from test_registry import expect_status, log_events, register_request
 
@@ -53,10 +54,9 @@ async def test_heartbeat_script_validates_ack_ids_before_its_first_write(registr
     record = await registry.redis.hgetall(k.agent(name))
     before = await log_events(registry)
     with pytest.raises(Exception) as err:
-        await registry.server.store.scripts.heartbeat(
-            keys=[k.log, k.deadlines, k.agent(name), k.lease(name), k.inbox(name)],
-            args=[k.prefix, name, 60000, 100000, pb.UNHEALTHY, 0, 0, 0, 0, 0, 0.5, 0.9, "",
-                  16, 0, f"1-{TOO_BIG}"])
+        # the gateway passes the ids on as they are: only validation.py checks them
+        await registry.server.registry.heartbeat(
+            Beat(AgentRef("default", name), pb.UNHEALTHY, None, (f"1-{TOO_BIG}",)), owner="")
     assert str(err.value).startswith("INVALID_ARGUMENT ack_notification_ids")
     assert await registry.redis.hgetall(k.agent(name)) == record
     assert await log_events(registry) == before
@@ -135,7 +135,8 @@ ABUSE = {
     "DiscoverAgents": [pb.DiscoverRequest(capabilities=["python"], filters={f: v})
                        for f in ("min_success_rate", "max_avg_duration_ms", "version")
                        for v in ("1e309", "nan", "-inf", "\0", "9" * 400)]
-                      + [pb.DiscoverRequest(max_results=-1), pb.DiscoverRequest(max_results=2**31 - 1)],
+                      + [pb.DiscoverRequest(max_results=-1),
+                         pb.DiscoverRequest(max_results=2**31 - 1)],
     "ListAgents": [pb.ListAgentsRequest(page_size=-5), pb.ListAgentsRequest(agent_type=-1),
                    pb.ListAgentsRequest(page_token="\u00e9\u00e9")],
     "NotifyAgent": [pb.NotifyRequest(agent_id="default/a1", kind="k" * 65),

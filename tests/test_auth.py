@@ -494,7 +494,7 @@ async def _logged(server, text: str) -> bool:
 
 
 async def test_calls_over_every_namespace_see_only_the_tokens_namespaces(secured):
-    """The seed's Discover (no namespace) with a token bound to alpha, while beta exists."""
+    """The contract README's Discover (no namespace), a token bound to alpha, beta exists."""
     stub = secured.stub
     found = await stub.DiscoverAgents(pb.DiscoverRequest(capabilities=["python"]),
                                       metadata=bearer("agent-a"))

@@ -1,4 +1,4 @@
-"""The client package is typed (py.typed ships in it): the seed README's canonical snippet and a
+"""The client package is typed (py.typed ships in it): the contract README's canonical snippet and a
 keep-alive program pass `mypy --strict` against the package as pip installs it."""
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from conftest import ROOT
 
 pytest.importorskip("mypy")
 
-# The seed README lies in shared/seed beside the repository (CI lays a copy there too).
+# The service contract README (shared/seed/service-registry-README.md) lies beside the
+# repository (CI lays a copy there too).
 SEED_CANDIDATES = [p / "shared" / "seed" / "service-registry-README.md"
                    for p in (ROOT.parent, ROOT.parent.parent)]
 
@@ -54,12 +55,12 @@ asyncio.run(run())
 
 
 def canonical_snippet() -> str:
-    """The seed README's "Option 1: Canonical Client" snippet."""
+    """The contract README's "Option 1: Canonical Client" snippet."""
     for path in SEED_CANDIDATES:
         if path.is_file():
             section = path.read_text().split("### Option 1", 1)[1]
             return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    pytest.skip("the seed README (shared/seed/service-registry-README.md) is not beside the "
+    pytest.skip("the contract README (shared/seed/service-registry-README.md) is not beside the "
                 "repository")
 
 

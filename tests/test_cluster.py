@@ -53,8 +53,11 @@ async def test_every_script_runs_on_redis_cluster(cluster):
                                            args=[k.prefix, 10, 0, 200, 0, "[]"])
             assert found[3] == "w1"
             listed = await scripts.list(keys=[k.agent_type(1)],
-                                        args=[k.prefix, "", 10, "[]", ""])
+                                        args=[k.prefix, "", 10, "[]"])
             assert listed[2] == "w1"
+            with_cap = await scripts.list(keys=[k.agent_type(1), k.capability("tf")],
+                                          args=[k.prefix, "", 10, "[]"])
+            assert with_cap[2] == "w1"
             assert await scripts.get(keys=[k.agent("w1")])
             assert await scripts.notify(keys=[k.log, k.agent("w1"), k.inbox("w1")],
                                         args=[k.prefix, "w1", 1000, "kind", "payload", 10])
@@ -62,7 +65,8 @@ async def test_every_script_runs_on_redis_cluster(cluster):
             assert (await scripts.reap(keys=[k.log, k.deadlines],
                                        args=[k.prefix, 1000, 100, "", 60000]))[0] == 0
             assert await scripts.deregister(keys=[k.log, k.deadlines, k.agent("w1")],
-                                            args=[k.prefix, "w1", 1000, "evicted", "x", ""]) == 2  # the last
+                                            args=[k.prefix, "w1", 1000, "evicted", "x",
+                                                  ""]) == 2  # the last
         nodes_used = {r.get_node_from_key(keys.namespace(ns).log).port
                       for ns in ("alpha", "beta", "gamma", "delta")}
         assert len(slots) == 4 and len(nodes_used) >= 2

@@ -11,7 +11,7 @@ import pytest
 from neural_hive_integration.clients.balancer import Balancer
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 
-from server import balance, service
+from server import balance, registry_store
 
 NOW = 10_000_000
 
@@ -142,7 +142,7 @@ async def test_balanced_gives_less_to_agents_with_half_the_success_rate(registry
 async def test_balanced_wraps_around_past_the_end_of_the_health_order(registry, monkeypatch):
     """A tiny scan budget: several script calls per Discover, and a match before the random
     origin is still found by wrapping around."""
-    monkeypatch.setattr(service, "DISCOVER_BUDGET", 3)
+    monkeypatch.setattr(registry_store, "DISCOVER_BUDGET", 3)
     await fleet(registry.stub, 12, prefix="n")
     await registry.stub.Register(register("rare", ("py", "rare")))
     await registry.stub.Register(register("rare2", ("py", "rare")))

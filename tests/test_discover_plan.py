@@ -7,7 +7,7 @@ import random
 import pytest
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 
-from server import service
+from server import registry_store
 
 CAPS = [f"c{i}" for i in range(6)]
 
@@ -44,8 +44,8 @@ async def test_tiny_budgets_give_the_same_results_as_one_call(registry, monkeypa
         assert set(whole) <= matching
         # many calls: chunks cut by the budget, calls ending mid-chunk at their batch of results
         for budget, batch in ((1, 50), (2, 50), (7, 50), (1500, 2), (7, 3)):
-            monkeypatch.setattr(service, "DISCOVER_BUDGET", budget)
-            monkeypatch.setattr(service, "DISCOVER_BATCH", batch)
+            monkeypatch.setattr(registry_store, "DISCOVER_BUDGET", budget)
+            monkeypatch.setattr(registry_store, "DISCOVER_BATCH", batch)
             assert await discover(registry.stub, caps, max_results) == whole, (budget, batch)
             monkeypatch.undo()
     everything = await discover(registry.stub, caps, 1000)

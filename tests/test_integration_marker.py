@@ -1,4 +1,4 @@
-"""The seed's convention: `SERVICE_REGISTRY_HOST=... SERVICE_REGISTRY_PORT=... pytest -m
+"""The contract README's convention: `SERVICE_REGISTRY_HOST=... SERVICE_REGISTRY_PORT=... pytest -m
 integration` runs the integration tests against that server instead of the fixtures' own."""
 from __future__ import annotations
 

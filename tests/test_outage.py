@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from conftest import running_registry
 from conftest import test_settings as settings_with
 from server import keys
-from server.expiry import outage_quiet_ms
+from server.registry_store import outage_quiet_ms
 from server.scripts import Scripts
 from test_expiry import register_many
 from test_watch import open_watch, take_until

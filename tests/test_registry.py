@@ -33,7 +33,7 @@ async def expect_status(call, code: grpc.StatusCode, *fields: str):
     return info.value.details()
 
 
-# -- the seed README's two snippets, unchanged but for host and port ---------------------------
+# -- the contract README's two client snippets, unchanged but for host and port ------------
 
 async def test_seed_snippet_canonical_client(registry):
     from neural_hive_integration.clients import ServiceRegistryClient, AgentInfo, HealthStatus
@@ -253,7 +253,8 @@ async def test_expired_agent_is_gone_before_any_cleanup(registry):
     await wait_until_ms(registry, reply.agent.expires_at_unix_ms)
     await expect_status(registry.stub.GetAgent(pb.GetAgentRequest(agent_id=aid)),
                         grpc.StatusCode.NOT_FOUND, "agent_id")
-    assert (await registry.stub.DiscoverAgents(pb.DiscoverRequest(capabilities=["gpu"]))).agents == []
+    found = await registry.stub.DiscoverAgents(pb.DiscoverRequest(capabilities=["gpu"]))
+    assert found.agents == []
     assert (await registry.stub.ListAgents(pb.ListAgentsRequest())).agents == []
     # the data needed to reap it is still there: a heartbeat reaps it (EXPIRED) and says so
     await expect_status(registry.stub.Heartbeat(pb.HeartbeatRequest(agent_id=aid)),

@@ -1,11 +1,11 @@
 -- Shared helpers for the registry scripts, pulled in by `--@include agent.lua`.
--- K (key suffixes) and F (agent hash fields) come from server/keys.py via the script loader.
+-- K (key suffixes and count fields), F (agent hash fields), EF (change-log fields) and IF
+-- (inbox fields) come from server/keys.py, EV (event types) and ST (statuses) from the proto,
+-- all prepended by the script loader (server/scripts.py).
 -- P is always the namespace prefix "sr:{<namespace>}:".
 local unpack = unpack or table.unpack  -- Lua 5.1 (Redis) and 5.4 (embedded lupa)
 
-local EV = {REGISTERED = 3, UPDATED = 4, STATUS_CHANGED = 5, DEREGISTERED = 6,
-            EXPIRED = 7, EVICTED = 8, PROGRESS = 9, NOTIFICATION = 10}
-local HEALTHY, UNHEALTHY, DEGRADED = 1, 2, 3
+local HEALTHY, UNHEALTHY, DEGRADED = ST.HEALTHY, ST.UNHEALTHY, ST.DEGRADED
 -- Order of statuses in results: HEALTHY, DEGRADED, UNHEALTHY, unknown.
 local STATUS_RANK = {[HEALTHY] = 0, [DEGRADED] = 1, [UNHEALTHY] = 2}
 
@@ -68,8 +68,8 @@ local function index_add(P, name, rec)
     redis.call('ZADD', P .. K.CAPABILITY .. cap, score, name)
   end)
   redis.call('ZADD', P .. K.TYPE .. rec[F.agent_type], 0, name)
-  redis.call('HINCRBY', P .. K.COUNTS, 't:' .. rec[F.agent_type], 1)
-  redis.call('HINCRBY', P .. K.COUNTS, 's:' .. rec[F.status], 1)
+  redis.call('HINCRBY', P .. K.COUNTS, K.TYPE_COUNT .. rec[F.agent_type], 1)
+  redis.call('HINCRBY', P .. K.COUNTS, K.STATUS_COUNT .. rec[F.status], 1)
 end
 
 local function index_remove(P, name, rec)
@@ -79,8 +79,8 @@ local function index_remove(P, name, rec)
     redis.call('ZREM', P .. K.CAPABILITY .. cap, name)
   end)
   redis.call('ZREM', P .. K.TYPE .. rec[F.agent_type], name)
-  redis.call('HINCRBY', P .. K.COUNTS, 't:' .. rec[F.agent_type], -1)
-  redis.call('HINCRBY', P .. K.COUNTS, 's:' .. rec[F.status], -1)
+  redis.call('HINCRBY', P .. K.COUNTS, K.TYPE_COUNT .. rec[F.agent_type], -1)
+  redis.call('HINCRBY', P .. K.COUNTS, K.STATUS_COUNT .. rec[F.status], -1)
 end
 
 -- Re-scores an agent whose status or telemetry changed (same capabilities and type).
@@ -93,8 +93,8 @@ local function index_rescore(P, name, old, new)
     end)
   end
   if old[F.status] ~= new[F.status] then
-    redis.call('HINCRBY', P .. K.COUNTS, 's:' .. old[F.status], -1)
-    redis.call('HINCRBY', P .. K.COUNTS, 's:' .. new[F.status], 1)
+    redis.call('HINCRBY', P .. K.COUNTS, K.STATUS_COUNT .. old[F.status], -1)
+    redis.call('HINCRBY', P .. K.COUNTS, K.STATUS_COUNT .. new[F.status], 1)
   end
 end
 

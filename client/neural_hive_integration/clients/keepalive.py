@@ -44,7 +44,8 @@ MAX_IN_FLIGHT = 4      # concurrent calls of one group (the server pipelines the
 INTERVAL_SHARE = 1 / 3  # default interval: this share of the server's heartbeat timeout
 JITTER = (0.85, 1.0)   # a new tick comes interval x uniform(JITTER) after the beat that made it
 COALESCE = 0.1         # an agent due within this share of its interval joins an earlier send
-FIRST_BEAT = 0.1       # seconds (at most; a quarter of the interval) new agents gather for a first send
+# seconds (at most; a quarter of the interval) new agents gather for a first send
+FIRST_BEAT = 0.1
 CHECKPOINT_AGE = 30.0  # seconds between refreshes of a namespace's change-log revision
 LOOKUP_TIMEOUT = 10.0  # bound on reading the change log to tell why an agent is gone
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
@@ -407,7 +408,7 @@ class KeepAlive:
         source = self.telemetry
         try:
             health = source() if callable(source) else source
-        except Exception:  # noqa: BLE001 - the lease is renewed anyway, the telemetry kept
+        except Exception:
             log.exception("telemetry callable of %s failed; beating without telemetry",
                           self.agent_id)
             health = None
@@ -466,7 +467,7 @@ class KeepAlive:
             notification = await self._queue.get()
             try:
                 await _maybe_await(self.on_notification(notification))
-            except Exception:  # noqa: BLE001 - not acknowledged: delivered again next beat
+            except Exception:
                 log.exception("on_notification failed for %s; it will be delivered again",
                               self.agent_id)
                 self.seen.discard(notification.notification_id)
@@ -481,7 +482,7 @@ class KeepAlive:
             if self.on_lost is not None:
                 try:
                     await _maybe_await(self.on_lost(lost))
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("on_lost failed for %s", self.agent_id)
             self._signal()
         if lost.cause == "deregistered" or self.removed:
@@ -502,7 +503,8 @@ class _KeepAliveGroup:
 
     def __init__(self, client: ServiceRegistryClient, transport: str = "batch"):
         if transport not in TRANSPORTS:
-            raise ValueError(f"keepalive_transport: {transport!r}, choose from {sorted(TRANSPORTS)}")
+            raise ValueError(f"keepalive_transport: {transport!r}, "
+                             f"choose from {sorted(TRANSPORTS)}")
         self.client = client
         self.transport_name = transport
         self.transport: _BatchTransport | _StreamTransport | None = None

@@ -67,8 +67,8 @@ def _enum_name(enum, value: int) -> str:
 
 @dataclass
 class AgentInfo:
-    """An agent as the seed's users describe it. `namespace`, `cluster` and `version` fall
-    back to the same keys in `metadata` when empty."""
+    """An agent as the contract README's client snippets describe it. `namespace`, `cluster`
+    and `version` fall back to the same keys in `metadata` when empty."""
     agent_id: str = ""
     agent_type: str = "worker"
     capabilities: list[str] = field(default_factory=list)
@@ -288,7 +288,8 @@ class ServiceRegistryClient:
         """Agents with every capability, matching `filters`, healthiest first; with
         balanced=True a weighted random pick instead (spreads callers over the fleet)."""
         reply = await self._call("DiscoverAgents", pb.DiscoverRequest(
-            capabilities=list(capabilities), filters={k: str(v) for k, v in (filters or {}).items()},
+            capabilities=list(capabilities),
+            filters={k: str(v) for k, v in (filters or {}).items()},
             max_results=max_results, namespace=namespace or self.namespace,
             selection=pb.BALANCED if balanced else pb.RANKED))
         return [AgentInfo.from_proto(a) for a in reply.agents]
