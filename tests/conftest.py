@@ -187,16 +187,27 @@ async def wait_serving(address: str, timeout: float = 20.0, proc=None, log: str 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     async def serving() -> None:
-        async with grpc.aio.insecure_channel(address) as channel:
-            await channel.channel_ready()
-            stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
-            async for reply in stream:
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    stream.cancel()
-                    return
+        while True:
+            async with grpc.aio.insecure_channel(address) as channel:
+                await channel.channel_ready()
+                stream = health_pb2_grpc.HealthStub(channel).Watch(
+                    health_pb2.HealthCheckRequest())
+                try:
+                    async for reply in stream:
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            stream.cancel()
+                            return
+                except grpc.aio.AioRpcError:
+                    # the connection broke while the server started: try again while it runs
+                    if proc is not None and proc.poll() is not None:
+                        raise
 
     try:
         await asyncio.wait_for(serving(), timeout)
+    except grpc.aio.AioRpcError as exc:  # the server exited while starting
+        output = Path(log).read_text() if log else ""
+        raise AssertionError(f"server at {address} exited while starting ({exc.code().name}): "
+                             f"{output[-3000:]}") from None
     except asyncio.TimeoutError:
         died = proc is not None and proc.poll() is not None
         output = Path(log).read_text() if log else ""

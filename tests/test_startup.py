@@ -151,8 +151,22 @@ def alive(pid: int) -> bool:
     return True
 
 
+def free_ports_in_a_row(count: int) -> int:
+    """The first of `count` consecutive ports that are free now."""
+    for _ in range(100):
+        first = free_port()
+        try:
+            for offset in range(1, count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", first + offset))
+        except OSError:
+            continue
+        return first
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
 async def test_workers_share_the_port_restart_when_killed_and_drain_on_sigterm(redis_proc):
-    port, metrics = free_port(), free_port()
+    port, metrics = free_port(), free_ports_in_a_row(2)  # worker k serves METRICS_PORT + k
     env = {**os.environ, "REDIS_URL": redis_proc.url, "SERVICE_REGISTRY_HOST": "127.0.0.1",
            "SERVICE_REGISTRY_PORT": str(port), "METRICS_PORT": str(metrics),
            "SHUTDOWN_GRACE": "1"}
