@@ -184,8 +184,9 @@ class Server:
             log.warning("STORE IS EMBEDDED, NOT PERSISTED: agents live only in this process; "
                         "set REDIS_URL to use Redis")
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        await self._probe()
-        self.reaper.start(listen=self.settings.expiry_events and not self.store.embedded)
+        reachable = await self._probe()
+        await self.reaper.start(listen=self.settings.expiry_events and not self.store.embedded,
+                                wait=reachable)
         self._tasks.append(asyncio.create_task(self._health_forever(), name="health-probe"))
         self._tasks.append(asyncio.create_task(self._gauges_forever(), name="agent-gauges"))
         await self.grpc.start()
@@ -280,11 +281,12 @@ class Server:
         if self._serving:
             asyncio.get_running_loop().create_task(self._set_serving(False))
 
-    async def _probe(self) -> None:
+    async def _probe(self) -> bool:
         # (the expiry listener re-enables keyspace events itself when Redis comes back)
         reachable = await self.store.ping()
         metrics.STORE_UP.set(1 if reachable else 0)
         await self._set_serving(reachable)
+        return reachable
 
     async def _health_forever(self) -> None:
         while True:

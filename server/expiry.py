@@ -33,6 +33,7 @@ log = logging.getLogger("service_registry")
 REAP_BATCH = 200          # agents per reap.lua call: bounds each call's Redis time
 DUE_BATCH = 500           # namespaces read from the schedule at once
 SUBSCRIBE_RETRY = 1.0
+SUBSCRIBE_WAIT = 5.0      # start waits this long for the `expired` subscription
 
 
 class Reaper:
@@ -43,11 +44,23 @@ class Reaper:
         self._tasks: list[asyncio.Task] = []
         self.revisit_ms = settings.heartbeat_timeout_ms // 2
         self._seeded = False
+        self._listening = asyncio.Event()
 
-    def start(self, listen: bool) -> None:
+    async def start(self, listen: bool, wait: bool = True) -> None:
+        """Starts the sweeper and, if `listen`, the event listener; with `wait` (Redis is up),
+        returns once it is subscribed (bounded): a lease that runs out just after start is then
+        reaped by its event, not left for the next sweep."""
         self._tasks.append(asyncio.create_task(self._sweep_forever(), name="expiry-sweeper"))
-        if listen:
-            self._tasks.append(asyncio.create_task(self._listen_forever(), name="expiry-events"))
+        if not listen:
+            return
+        self._tasks.append(asyncio.create_task(self._listen_forever(), name="expiry-events"))
+        if not wait:
+            return
+        try:
+            await asyncio.wait_for(self._listening.wait(), SUBSCRIBE_WAIT)
+        except asyncio.TimeoutError:
+            log.warning("expiry events: not subscribed after %.0fs; the listener keeps trying "
+                        "and the sweeper reaps meanwhile", SUBSCRIBE_WAIT)
 
     async def stop(self) -> None:
         await cancel_tasks(self._tasks)
@@ -113,9 +126,12 @@ class Reaper:
             client = self.store.client(socket_timeout=None)
             try:
                 await self.store.enable_expiry_events()
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub = client.pubsub()
                 await pubsub.psubscribe("__keyevent@*__:expired")
                 async for message in pubsub.listen():
+                    if message["type"] == "psubscribe":  # Redis confirmed: events flow now
+                        self._listening.set()
+                        continue
                     parsed = keys.parse_lease_key(message.get("data") or "")
                     if parsed and (await self.reap(*parsed)).reaped:
                         metrics.EXPIRED.labels("keyspace_event").inc()
@@ -124,5 +140,6 @@ class Reaper:
             except Exception as exc:  # noqa: BLE001
                 log.debug("expiry event listener: %s; resubscribing", exc)
             finally:
+                self._listening.clear()
                 await client.aclose()
             await asyncio.sleep(SUBSCRIBE_RETRY)

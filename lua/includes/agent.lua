@@ -98,13 +98,20 @@ local function index_rescore(P, name, old, new)
   end
 end
 
+-- The lease key expires at the deadline itself (PXAT, not PX): Redis dates a relative TTL from
+-- the script's start, which can be a millisecond before TIME, and an `expired` event arriving
+-- before the deadline would be ignored by reap.lua and left to the sweeper.
+local function expire_lease_at(P, name, deadline, now)
+  redis.call('SET', P .. K.LEASE .. name, '1', 'PXAT', math.max(deadline, now + 1))
+end
+
 -- Refreshes the lease: deadline field, the sweeper's sorted set and the expiring lease key.
 local function set_lease(P, name, rec, now, timeout_ms)
   local deadline = now + timeout_ms
   rec[F.last_heartbeat] = tostring(now)
   rec[F.deadline] = tostring(deadline)
   redis.call('ZADD', P .. K.DEADLINES, deadline, name)
-  redis.call('SET', P .. K.LEASE .. name, '1', 'PX', timeout_ms)
+  expire_lease_at(P, name, deadline, now)
   return deadline
 end
 
@@ -175,7 +182,7 @@ local function move_deadline(P, name, rec, shift, now)
   rec[F.deadline], rec[F.moved] = tostring(deadline), '1'
   redis.call('HSET', P .. K.AGENT .. name, F.deadline, rec[F.deadline], F.moved, '1')
   redis.call('ZADD', P .. K.DEADLINES, deadline, name)
-  redis.call('SET', P .. K.LEASE .. name, '1', 'PX', math.max(deadline - now, 1))
+  expire_lease_at(P, name, deadline, now)
 end
 
 -- Removes an agent, its lease, inbox and index entries, and logs `ev`. False if it was absent.
