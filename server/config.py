@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields, replace
 
+from . import redis_target
+
 
 class ConfigError(ValueError):
     pass
@@ -48,6 +50,11 @@ class Settings:
         return not self.redis_url
 
     @property
+    def redis_target(self) -> redis_target.RedisTarget:
+        """The deployment REDIS_URL names (validate() has checked it parses)."""
+        return redis_target.parse(self.redis_url)
+
+    @property
     def address(self) -> str:
         host = self.host
         if ":" in host and not host.startswith("["):
@@ -87,7 +94,8 @@ ENVIRONMENT = {
 HELP = {
     "host": "Address to listen on (0.0.0.0 in containers)",
     "port": "gRPC port",
-    "redis_url": "redis://, rediss:// or unix:// URL; unset: the embedded in-process store "
+    "redis_url": "redis://, rediss://, unix://, redis+cluster://SEEDS or "
+                 "redis+sentinel://SENTINELS/NAME URL; unset: the embedded in-process store "
                  "(not persisted)",
     "heartbeat_timeout": "Seconds without a heartbeat before an agent is gone",
     "metrics_port": "HTTP port: /metrics, /healthz, /readyz, JSON API, dashboard; 0 disables",
@@ -186,9 +194,11 @@ def validate(s: Settings, given=frozenset()) -> None:
     need(not s.share_port or bool(s.redis_url), "share_port",
          "needs REDIS_URL: processes on one port must share one store, and the embedded store "
          "lives in one process")
-    if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"{_where('redis_url')}: {s.redis_url!r} is not a redis://, rediss:// "
-                          "or unix:// URL")
+    if s.redis_url:
+        try:
+            redis_target.parse(s.redis_url)
+        except redis_target.TargetError as exc:
+            raise ConfigError(f"{_where('redis_url')}: {exc}") from None
     for name in ("tls_cert", "tls_key", "tls_client_ca", "tokens_file"):
         path = getattr(s, name)
         need(not path or os.path.isfile(path), name, "is not a readable file")

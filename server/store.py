@@ -44,6 +44,9 @@ class Store:
         if self.embedded:
             import fakeredis
             return fakeredis.aioredis.FakeRedis(server=self._fake_server, decode_responses=True)
+        target = self.settings.redis_target
+        if target.kind != "single":   # built by issue 10 (Cluster, Sentinel)
+            raise NotImplementedError(f"{target.kind} deployments are not supported yet")
         # Few, fast retries: a caller should get UNAVAILABLE quickly when Redis is down.
         pool = aioredis.BlockingConnectionPool.from_url(
             self.settings.redis_url, decode_responses=True, socket_timeout=socket_timeout,
@@ -55,7 +58,7 @@ class Store:
     def describe(self) -> str:
         if self.embedded:
             return "embedded, not persisted (in-process fakeredis; set REDIS_URL for real Redis)"
-        return f"redis at {_redact(self.settings.redis_url)}"
+        return self.settings.redis_target.describe()
 
     async def ping(self) -> bool:
         try:
@@ -174,11 +177,3 @@ class Store:
 
     async def close(self) -> None:
         await self.redis.aclose()
-
-
-def _redact(url: str) -> str:
-    head, at, tail = url.rpartition("@")
-    if not at:
-        return url
-    scheme, _, _ = head.partition("://")
-    return f"{scheme}://***@{tail}"
