@@ -107,7 +107,7 @@ class SentinelSet:
                 [binary, conf, "--sentinel"], stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL))
         # every sentinel knows the others (hello messages, every 2 s) and the replicas
-        self._until(lambda: all(
+        self.until(lambda: all(
             int(m["num-other-sentinels"]) == self.SENTINELS - 1
             and int(m["num-slaves"]) == len(self.nodes) - 1
             for m in (self._sentinel(port).sentinel_master(self.name)
@@ -117,11 +117,11 @@ class SentinelSet:
         import redis
         return redis.Redis(port=port, socket_timeout=1, decode_responses=True)
 
-    def _node(self, node: RedisServer):
+    def node_client(self, node: RedisServer):
         import redis
         return redis.Redis(port=node.port, socket_timeout=1, decode_responses=True)
 
-    def _until(self, condition, timeout: float, what: str):
+    def until(self, condition, timeout: float, what: str):
         """Polls `condition` (other processes' state: there is no event to await)."""
         import redis
         deadline = time.monotonic() + timeout
@@ -153,13 +153,13 @@ class SentinelSet:
     def wait_replicas(self, count: int, timeout: float = 30.0) -> None:
         """Until the primary has `count` replicas online (synchronised)."""
         def online():
-            info = self._node(self.primary() if self.sentinels else self.nodes[0]).info(
+            info = self.node_client(self.primary() if self.sentinels else self.nodes[0]).info(
                 "replication")
             return info.get("role") == "master" and sum(
                 1 for key, value in info.items()
                 if key.startswith("slave") and isinstance(value, dict)
                 and value.get("state") == "online") >= count
-        self._until(online, timeout, f"{count} replica(s) online")
+        self.until(online, timeout, f"{count} replica(s) online")
 
     def kill_primary(self) -> RedisServer:
         node = self.primary()
@@ -170,9 +170,9 @@ class SentinelSet:
         """The replica the sentinels promoted after `old` died, once it takes writes."""
         def promoted():
             node = self.primary()
-            return node if node is not old and self._node(node).info(
+            return node if node is not old and self.node_client(node).info(
                 "replication").get("role") == "master" else None
-        return self._until(promoted, timeout, "a replica promoted")
+        return self.until(promoted, timeout, "a replica promoted")
 
     def cleanup(self) -> None:
         for proc in self.sentinels:
