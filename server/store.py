@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import (BlockingConnectionPool, Connection, SSLConnection,
@@ -85,6 +86,17 @@ class Store:
         starts NOT_SERVING and follows the primary once promoted."""
         if self.sentinel is not None:
             await check_sentinels(self.sentinel, self.settings.redis_target)
+
+    async def node_url(self) -> str:
+        """A redis:// URL of the node this store writes to (Sentinel: the primary now), for
+        tools that talk to one node (redis-benchmark in the benchmark suite)."""
+        if self.sentinel is None:
+            return self.settings.redis_url
+        target = self.settings.redis_target
+        host, port = await self.sentinel.discover_master(target.primary_name)
+        user, password = target.options.get("username") or "", target.options.get("password")
+        auth = f"{quote(user)}:{quote(password)}@" if password else ""
+        return f"{'rediss' if target.tls else 'redis'}://{auth}{host}:{port}/{target.db}"
 
     def on_failover(self, listener) -> None:
         """`await listener()` runs when check_reset finds that the primary has moved."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import time
 
 import grpc
@@ -318,3 +319,27 @@ async def test_expiry_events_follow_the_new_primary(failover_set):
         assert metrics.EXPIRED.labels("keyspace_event")._value.get() > before
         config = admin.config_get("notify-keyspace-events")
         assert {"E", "x"} <= set(config["notify-keyspace-events"])
+
+
+# -- the benchmark suite on a Sentinel URL -------------------------------------------------------
+
+def test_bench_takes_a_sentinel_url(tmp_path, sentinel_set):
+    """Redis-side figures (memory, redis-benchmark on the primary) through the server's own
+    client for the URL; the numbers mean nothing here."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "bench", "--tiny", "--no-install-tools",
+         "--no-h2load", "--no-chart", "--server-procs", "1", "--loadgen-procs", "1",
+         "--scenarios", "ceilings,register,memory", "--redis-url", sentinel_set.url,
+         "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = {r["scenario"]: r for r in json.loads((out / "results.json").read_text())["results"]}
+    assert results["register.storm"]["ops"] > 0 and results["register.storm"]["errors"] == 0
+    assert results["memory.per_agent"]["extra"]["bytes_per_agent"] > 0
+    if shutil.which("redis-benchmark"):
+        assert results["ceiling.redis.P16"]["ops"] > 0
