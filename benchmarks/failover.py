@@ -39,7 +39,7 @@ class Load:
         self.channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
         self.acked: list[str] = []
         self.ok = 0
-        self.latencies: list[float] = []
+        self.latencies: dict[str, list[float]] = {"register": [], "heartbeat": []}
         self.failed: dict[str, int] = {}
         self.failed_after_kill = 0
         self.killed_at = 0.0
@@ -60,8 +60,8 @@ class Load:
                 self.failed_after_kill += 1
             return False
         self.ok += 1
-        self.latencies.append((time.monotonic() - start) * 1000)
-        if self.killed_at:
+        self.latencies[kind].append((time.monotonic() - start) * 1000)
+        if self.killed_at and start >= self.killed_at:   # sent after the kill
             since = time.monotonic() - self.killed_at
             if kind == "register" and self.first_register is None:
                 self.first_register = since
@@ -150,13 +150,16 @@ async def _run_once(bench, acks: int, replicas: int) -> Result:
             "acknowledged_registers": len(load.acked), "acknowledged_missing": len(missing),
             "watcher_resyncs": len(resyncs), "watcher_missed": len(truth - view),
             "watcher_invented": len(view - truth), "watcher_deliveries": deliveries,
+            "register_latency_ms": percentiles(load.latencies["register"]),
+            "heartbeat_latency_ms": percentiles(load.latencies["heartbeat"]),
             "promoted_port": promoted.port, "load_average_before": [round(x, 2) for x in load0],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         }
         result = Result(scenario=scenario, group="failover", unit="calls", ops=load.ok,
                         errors=sum(load.failed.values()),
                         seconds=time.monotonic() - load.killed_at + BEFORE_KILL,
-                        latency_ms=percentiles(load.latencies), driver=f"python x{WORKERS}",
+                        latency_ms=percentiles(load.latencies["register"]
+                                               + load.latencies["heartbeat"]), driver=f"python x{WORKERS}",
                         extra=extra)
         result.notes.append(
             f"MIN_REPLICA_ACKS={acks}, {replicas} replica(s): first Register "
