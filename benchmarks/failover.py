@@ -159,7 +159,8 @@ async def _run_once(bench, acks: int, replicas: int) -> Result:
                         errors=sum(load.failed.values()),
                         seconds=time.monotonic() - load.killed_at + BEFORE_KILL,
                         latency_ms=percentiles(load.latencies["register"]
-                                               + load.latencies["heartbeat"]), driver=f"python x{WORKERS}",
+                                               + load.latencies["heartbeat"]),
+                        driver=f"python x{WORKERS}",
                         extra=extra)
         result.notes.append(
             f"MIN_REPLICA_ACKS={acks}, {replicas} replica(s): first Register "
