@@ -343,3 +343,11 @@ def test_bench_takes_a_sentinel_url(tmp_path, sentinel_set):
     assert results["memory.per_agent"]["extra"]["bytes_per_agent"] > 0
     if shutil.which("redis-benchmark"):
         assert results["ceiling.redis.P16"]["ops"] > 0
+
+
+def test_readonly_maps_to_unavailable_not_internal():
+    from redis.exceptions import ReadOnlyError
+
+    from server.errors import status_of
+    code, message = status_of(ReadOnlyError("You can't write against a read only replica."))
+    assert code == UNAVAILABLE and "read-only" in message
