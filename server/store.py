@@ -13,11 +13,10 @@ from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import (BlockingConnectionPool, Connection, SSLConnection,
-                                      UnixDomainSocketConnection)
+                                      UnixDomainSocketConnection, parse_url)
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
-from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError
 
@@ -316,7 +315,8 @@ def sentinel_client(sentinel: Sentinel, target: RedisTarget, **options) -> aiore
     restart). Each call makes one pool: the server makes one for its calls and one per
     blocking reader."""
     return sentinel.master_for(target.primary_name, connection_pool_class=BlockingSentinelPool,
-                               db=target.db, ssl=target.tls, **target.options, **options)
+                               **{**options, **target.options,   # as from_url: the URL's win
+                                  "db": target.db, "ssl": target.tls})
 
 
 async def check_sentinels(sentinel: Sentinel, target: RedisTarget) -> None:

@@ -351,3 +351,16 @@ def test_readonly_maps_to_unavailable_not_internal():
     from server.errors import status_of
     code, message = status_of(ReadOnlyError("You can't write against a read only replica."))
     assert code == UNAVAILABLE and "read-only" in message
+
+
+@pytest.mark.parametrize("url, kind", [("redis://h:1/0", "Connection"),
+                                       ("rediss://h:1/0", "SSLConnection"),
+                                       ("unix:///run/redis.sock?db=1", "UnixDomainSocketConnection")])
+def test_each_single_node_scheme_keeps_its_transport_and_drops_demoted_connections(url, kind):
+    from redis.asyncio import connection
+
+    from server.config import Settings
+    from server.store import Store
+    cls = Store(Settings(redis_url=url)).redis.connection_pool.connection_class
+    assert issubclass(cls, getattr(connection, kind))
+    assert cls.read_response.__qualname__.startswith("_DemotionAware")
