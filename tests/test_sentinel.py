@@ -353,9 +353,9 @@ def test_readonly_maps_to_unavailable_not_internal():
     assert code == UNAVAILABLE and "read-only" in message
 
 
-@pytest.mark.parametrize("url, kind", [("redis://h:1/0", "Connection"),
-                                       ("rediss://h:1/0", "SSLConnection"),
-                                       ("unix:///run/redis.sock?db=1", "UnixDomainSocketConnection")])
+@pytest.mark.parametrize("url, kind", [
+    ("redis://h:1/0", "Connection"), ("rediss://h:1/0", "SSLConnection"),
+    ("unix:///run/redis.sock?db=1", "UnixDomainSocketConnection")])
 def test_each_single_node_scheme_keeps_its_transport_and_drops_demoted_connections(url, kind):
     from redis.asyncio import connection
 
