@@ -322,11 +322,13 @@ def sentinel_client(sentinel: Sentinel, target: RedisTarget, **options) -> aiore
 async def check_sentinels(sentinel: Sentinel, target: RedisTarget) -> None:
     """TargetError when no sentinel answers, or none of those answering monitors the name."""
     answers, errors = [], []
-    for node, client in zip(target.nodes, sentinel.sentinels):
+    for client in sentinel.sentinels:
+        at = client.connection_pool.connection_kwargs
         try:
             answers.append(await client.sentinel_masters())
         except (RedisError, OSError) as exc:
-            errors.append(f"{node[0]}:{node[1]} {' '.join(str(exc).split()) or type(exc).__name__}")
+            why = " ".join(str(exc).split()) or type(exc).__name__   # one line
+            errors.append(f"{at['host']}:{at['port']} {why}")
     where = ",".join(f"{h}:{p}" for h, p in target.nodes)
     if not answers:
         raise TargetError(f"no sentinel answers at {where} ({'; '.join(errors)})")
