@@ -69,8 +69,8 @@ class Reaper:
         """A failover (Store.check_reset noticed): keyspace events are emitted by the primary
         only, and their setting is per node. The listener subscribes again, at the new primary
         (which it turns the events on at), even if its old connection still stands."""
-        if self._listener is None or self._listener.done():
-            return
+        if self._listener is None or self._listener not in self._tasks:
+            return  # not listening, or stopping
         self._tasks.remove(self._listener)
         await cancel_tasks([self._listener])
         self._listener = asyncio.create_task(self._listen_forever(), name="expiry-events")
