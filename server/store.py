@@ -47,7 +47,8 @@ class Store:
         if settings.redis_url and settings.redis_target.kind == "sentinel":
             self.sentinel = sentinel_manager(settings.redis_target)  # once (redis-py#3433)
         self.redis = self.client(COMMAND_TIMEOUT)
-        self._primary = None                # (host, port) of the primary last connected to
+        self._node = None                   # (host, port) the last new connection reached
+        self._primary = None                # the node _check_failover last saw
         self._failover_listeners: list = []
         self._namespaces: set[str] = set()
         self._namespaces_read_at = 0.0
@@ -57,7 +58,8 @@ class Store:
     def client(self, socket_timeout: float | None, on_connect=None):
         """A new client (its own pool); blocking readers pass a timeout above their block time.
         `on_connect(connection)` runs after each (re)connection of one of its connections, to
-        the node it reached (watch.py checks what that node's logs hold)."""
+        the node it reached (watch.py checks what that node's logs hold); the store notes that
+        node too (_check_failover)."""
         if self.embedded:
             import fakeredis
             return fakeredis.aioredis.FakeRedis(server=self._fake_server, decode_responses=True)
@@ -67,9 +69,9 @@ class Store:
                        socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30,
                        max_connections=MAX_CONNECTIONS, timeout=COMMAND_TIMEOUT,
                        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2))
-        if on_connect is not None:
-            options["redis_connect_func"] = _then(on_connect)
+        options["redis_connect_func"] = _then(self._reached, on_connect)
         if target.kind == "sentinel":
+            options["redis_connect_func"] = _then(self._reached, on_connect, primary_only=True)
             return sentinel_client(self.sentinel, target, **options)
         if target.kind != "single":   # Redis Cluster: issue 10's other half
             raise NotImplementedError(f"{target.kind} deployments are not supported yet")
@@ -97,6 +99,11 @@ class Store:
         auth = f"{quote(user)}:{quote(password)}@" if password else ""
         return f"{'rediss' if target.tls else 'redis'}://{auth}{host}:{port}/{target.db}"
 
+    def _reached(self, connection) -> None:
+        """Every new connection of every client of this store: where it went (Sentinel: the
+        primary at that moment; a reader reconnecting after a failover reaches the new one)."""
+        self._node = (getattr(connection, "host", None), getattr(connection, "port", None))
+
     def on_failover(self, listener) -> None:
         """`await listener()` runs when check_reset finds that the primary has moved."""
         self._failover_listeners.append(listener)
@@ -105,8 +112,8 @@ class Store:
         """Sentinel: the primary moved (a failover). Keys written outside the scripts (the
         namespace set, the sweeper's schedule) may have missed the replica: rebuilt from what
         the new primary holds; listeners redo their per-node set-up (keyspace events)."""
-        primary = getattr(self.redis.connection_pool, "master_address", None)
-        if primary is None:
+        primary = self._node
+        if self.sentinel is None or primary is None:
             return
         was, self._primary = self._primary, primary
         if was is None or was == primary:
@@ -245,11 +252,25 @@ class Store:
             await self.sentinel.aclose()
 
 
-def _then(on_connect):
-    """redis-py's connect hook replaces its own handshake: do that first."""
+def _then(*hooks, primary_only: bool = False):
+    """redis-py's connect hook replaces its own handshake: do that first, then each hook.
+    `primary_only` (Sentinel): a node that is not a primary is refused (ConnectionError; redis-py
+    asks the sentinels again). During a failover a sentinel that has not heard of the switch yet
+    still names the old primary, which may already be a replica: a connection made there would
+    read stale data, and a subscription there would hear no `expired` event ever."""
     async def connect(connection) -> None:
         await connection.on_connect()
-        on_connect(connection)
+        if primary_only:
+            await connection.send_command("ROLE")
+            role = await connection.read_response()
+            if str(role[0]) != "master":
+                await connection.disconnect()
+                raise RedisConnectionError(
+                    f"{connection.host}:{connection.port} is a {role[0]}, not the primary (a "
+                    "failover under way)")
+        for hook in hooks:
+            if hook is not None:
+                hook(connection)
     return connect
 
 

@@ -117,6 +117,10 @@ class SentinelSet:
         import redis
         return redis.Redis(port=port, socket_timeout=1, decode_responses=True)
 
+    def sentinel_client(self):
+        """A client of the first sentinel (SENTINEL commands)."""
+        return self._sentinel(self.sentinel_ports[0])
+
     def node_client(self, node: RedisServer):
         import redis
         return redis.Redis(port=node.port, socket_timeout=1, decode_responses=True)

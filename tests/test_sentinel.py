@@ -364,3 +364,46 @@ def test_each_single_node_scheme_keeps_its_transport_and_drops_demoted_connectio
     cls = Store(Settings(redis_url=url)).redis.connection_pool.connection_class
     assert issubclass(cls, getattr(connection, kind))
     assert cls.read_response.__qualname__.startswith("_DemotionAware")
+
+
+async def test_a_manual_failover_is_followed(failover_set):
+    """SENTINEL FAILOVER: the old primary lives on as a replica (Sentinel makes it drop its
+    clients). Writes and expiry events carry on at the new primary, and the watch ends equal to
+    a fresh List. (Whatever the old primary wrote between the promotion and its own demotion, a
+    reap say, is lost; a watcher that saw it re-lists: the forced failover does not wait.)"""
+    deployment = failover_set()
+    async with running_registry("sentinel", deployment, heartbeat_timeout=1.5,
+                                sweep_interval=10) as reg:
+        ns = "manual"
+        client = reg.new_client(retries=30, backoff=0.1)
+        view = View(client, namespace=ns)
+        expired: set[str] = set()
+        both_expired = asyncio.Event()
+
+        async def expiries() -> None:
+            async for event in client.watch(namespace=ns):  # SNAPSHOT_END: in place
+                if event.type == pb.EXPIRED:
+                    expired.add(event.agent.agent_id)
+                    if expired >= {f"{ns}/before", f"{ns}/after"}:
+                        both_expired.set()
+        follower = asyncio.create_task(expiries())
+        await client.register_agent(AgentInfo(agent_id=f"{ns}/before", agent_type="worker"))
+        await view.until(lambda: f"{ns}/before" in view.agents, "the watcher follows")
+        old = deployment.primary()
+        deployment.sentinel_client().sentinel_failover(deployment.name)
+        new = await asyncio.to_thread(deployment.wait_promoted, old)
+        admin = deployment.node_client(new)
+        await asyncio.to_thread(deployment.until, lambda: admin.pubsub_numpat() >= 1 and "x" in
+                                admin.config_get("notify-keyspace-events")[
+                                    "notify-keyspace-events"], TIMEOUT,
+                                "expiry events on and subscribed at the new primary")
+        before = metrics.EXPIRED.labels("keyspace_event")._value.get()
+        await client.register_agent(AgentInfo(agent_id=f"{ns}/after", agent_type="worker"))
+        # both leases (1.5 s, no heartbeats) run out at the new primary and expire there
+        await asyncio.wait_for(both_expired.wait(), TIMEOUT)
+        follower.cancel()
+        assert [a async for a in client.iter_agents(namespace=ns)] == []
+        await view.until(lambda: not view.agents, "the watch equals a fresh List")
+        assert metrics.EXPIRED.labels("keyspace_event")._value.get() > before
+        await view.close()
+        await client.close()
