@@ -69,9 +69,9 @@ class Store:
                        socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30,
                        max_connections=MAX_CONNECTIONS, timeout=COMMAND_TIMEOUT,
                        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2))
-        options["redis_connect_func"] = _then(self._reached, on_connect)
+        options["redis_connect_func"] = _then(self._reached, on_connect,
+                                              primary_only=target.kind == "sentinel")
         if target.kind == "sentinel":
-            options["redis_connect_func"] = _then(self._reached, on_connect, primary_only=True)
             return sentinel_client(self.sentinel, target, **options)
         if target.kind != "single":   # Redis Cluster: issue 10's other half
             raise NotImplementedError(f"{target.kind} deployments are not supported yet")
