@@ -16,9 +16,10 @@ import click
 @click.option("--addr", default="", metavar="HOST:PORT",
               help="benchmark a running deployment instead of starting one")
 @click.option("--redis-url", default="", metavar="URL",
-              help="its Redis, for the Redis-side measurements (memory, Redis time per "
-                   "Discover, redis-benchmark); without --addr: use this Redis instead of a "
-                   "private redis-server")
+              help="its Redis (any REDIS_URL form: redis://, redis+sentinel://...), for the "
+                   "Redis-side measurements (memory, Redis time per Discover, redis-benchmark "
+                   "on the primary); without --addr: use this Redis instead of a private "
+                   "redis-server")
 @click.option("--echo-addr", default="", metavar="HOST:PORT",
               help="a running echo server (python -m benchmarks.echo) to use as the gRPC "
                    "ceiling; default: start one here")
@@ -29,7 +30,8 @@ import click
               help="load generator processes")
 @click.option("--scenarios", default="", metavar="LIST",
               help="comma-separated subset of: ceilings, register, heartbeat, keepalive, "
-                   "memory, discover, mixed, watch, expiry")
+                   "memory, discover, balanced, mixed, watch, expiry, http; and, only when "
+                   "named, failover (a Sentinel set of its own whose primary it kills)")
 @click.option("--duration", type=float, default=None,
               help="measured seconds of each throughput scenario (overrides the profile)")
 @click.option("--h2load/--no-h2load", "use_h2load", default=True,
@@ -57,10 +59,11 @@ def bench(quick, addr, redis_url, echo_addr, server_procs, loadgen_procs, scenar
     name = "tiny" if tiny else ("quick" if quick else "full")
     profile = suite.with_overrides(suite.PROFILES[name], duration=duration)
     chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip()) or suite.SCENARIOS
-    unknown = [s for s in chosen if s not in suite.SCENARIOS]
+    unknown = [s for s in chosen if s not in suite.SCENARIOS + suite.OPT_IN]
     if unknown:
         raise click.BadParameter(f"unknown scenario(s) {', '.join(unknown)}; choose from "
-                                 f"{', '.join(suite.SCENARIOS)}", param_hint="--scenarios")
+                                 f"{', '.join(suite.SCENARIOS + suite.OPT_IN)}",
+                                 param_hint="--scenarios")
     options = suite.Options(
         profile=profile, addr=addr, redis_url=redis_url, echo_addr=echo_addr,
         server_procs=server_procs, loadgen_procs=loadgen_procs, use_h2load=use_h2load,

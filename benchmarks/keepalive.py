@@ -39,7 +39,7 @@ async def keepalive(bench) -> None:
                              "failed_executions": TELEMETRY.failed_executions},
                "transport": transport, "warmup": p.warmup, "duration": p.duration,
                "server_pids": bench.servers.pids if bench.servers else [],
-               "redis_url": bench.redis_url}
+               "redis_url": bench.redis_node_url}
         work = asyncio.wrap_future(bench.pool.executor.submit(keepalive_client.run_job, job))
         raw, _ = await bench.window(f"keepalive.{transport}", p.warmup + p.duration + 2, work,
                                     server_pids=[])

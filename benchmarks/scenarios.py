@@ -321,7 +321,7 @@ async def ceilings(bench) -> None:
 
 async def _redis_benchmark(bench, scenario: str, pipeline: int, requests: int,
                            command: list[str]) -> Result:
-    host, port, password, tls = env.redis_address(bench.redis_url)
+    host, port, password, tls = env.redis_address(bench.redis_node_url)
     if tls:
         return skipped(scenario, "ceiling", "redis-benchmark over TLS is not set up")
     clients = 50

@@ -21,6 +21,8 @@ import redis.asyncio as aioredis
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 
+from server.config import Settings
+from server.store import Store
 from server.testing import RedisServer
 
 from . import env, h2load, loadgen
@@ -88,6 +90,9 @@ PROFILES = {
 
 SCENARIOS = ("ceilings", "register", "heartbeat", "keepalive", "memory", "discover", "balanced",
              "mixed", "watch", "expiry", "http")
+# Run only when named (`--scenarios failover`): it starts a Sentinel set of its own and kills
+# its primary (benchmarks/failover.py).
+OPT_IN = ("failover",)
 
 
 @dataclass
@@ -120,7 +125,9 @@ class Bench:
         self.echo: env.ServerGroup | None = None
         self.extra_groups: list[env.ServerGroup] = []
         self.redis: aioredis.Redis | None = None
+        self.redis_store: Store | None = None
         self.redis_url = options.redis_url
+        self.redis_node_url = options.redis_url   # redis:// of the node redis-benchmark drives
         self.addr = options.addr
         self.echo_addr = options.echo_addr
         self.pool: loadgen.Pool | None = None
@@ -161,9 +168,11 @@ class Bench:
             self.log(f"registry: {o.server_procs} `service-registry serve` process(es) on "
                      f"{self.addr}")
         if self.redis_url:
-            self.redis = aioredis.Redis.from_url(self.redis_url, decode_responses=True,
-                                                 socket_timeout=60)
+            # the server's own client for any REDIS_URL form (a Sentinel URL: the primary)
+            self.redis_store = Store(Settings(redis_url=self.redis_url))
+            self.redis = self.redis_store.client(60)
             await self.redis.ping()
+            self.redis_node_url = await self.redis_store.node_url()
         if not self.echo_addr and "ceilings" in o.scenarios:
             self.echo = await env.start_group("echo", o.server_procs)
             self.echo_addr = self.echo.address
@@ -186,6 +195,8 @@ class Bench:
                 group.stop()
         if self.redis is not None:
             await self.redis.aclose()
+        if self.redis_store is not None:
+            await self.redis_store.close()
         if self.redis_server is not None:
             self.redis_server.cleanup()
 
@@ -367,7 +378,7 @@ def machine_info(bench: Bench) -> dict:
 
 async def run(options: Options) -> dict:
     """Runs the suite; returns the report document (also written as JSON and PNG)."""
-    from . import report, scenarios
+    from . import failover, report, scenarios
 
     out_dir = options.out_dir or OUT_DIR / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -378,10 +389,10 @@ async def run(options: Options) -> dict:
         meta = machine_info(bench)
         bench.log(f"profile {options.profile.name}: scenarios {', '.join(options.scenarios)}; "
                   f"load average {meta['load_average_at_start']}")
-        for name in SCENARIOS:
+        for name in SCENARIOS + OPT_IN:
             if name in options.scenarios:
                 bench.log(f"[{name}]")
-                await getattr(scenarios, name)(bench)
+                await getattr(failover if name in OPT_IN else scenarios, name)(bench)
     finally:
         await bench.stop()
     meta["elapsed_s"] = round(time.monotonic() - started, 1)

@@ -20,6 +20,7 @@ from .config import Settings
 from .errors import RpcError
 from .expiry import Reaper
 from .http.app import HttpApp
+from .redis_target import TargetError
 from .registry_store import RegistryStore
 from .service import RegistryService
 from .store import Store
@@ -164,8 +165,13 @@ class Server:
         self._exiting = False
 
     async def start(self) -> int:
-        """Raises binding.StartupError (one line naming the setting) when it cannot listen."""
+        """Raises binding.StartupError (one line naming the setting) when it cannot listen, or
+        the Redis deployment REDIS_URL names cannot be used at all."""
         binding.check(self.settings)
+        try:
+            await self.store.check_target()
+        except TargetError as exc:
+            raise binding.StartupError(f"REDIS_URL: {exc}") from None
         try:
             if self.tls:
                 self.port = self.grpc.add_secure_port(self.settings.address,

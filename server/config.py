@@ -40,6 +40,7 @@ class Settings:
     grpc_reflection: bool = True         # gRPC server reflection (grpcurl list/describe)
     balance_warmup: float = 30.0         # BALANCED Discover: seconds a new agent has average weight
     outage_protection: bool = True       # no mass expiry after the registry itself was down
+    min_replica_acks: int = 0            # writes answer once this many replicas have them
 
     @property
     def heartbeat_timeout_ms(self) -> int:
@@ -88,6 +89,7 @@ ENVIRONMENT = {
     "grpc_reflection": "GRPC_REFLECTION",
     "balance_warmup": "BALANCE_WARMUP",
     "outage_protection": "OUTAGE_PROTECTION",
+    "min_replica_acks": "MIN_REPLICA_ACKS",
 }
 
 # Setting -> what `serve --help` says about it (with its variable and default).
@@ -120,6 +122,8 @@ HELP = {
     "balance_warmup": "Seconds a new agent gets the average weight in BALANCED Discover",
     "outage_protection": "Move deadlines forward after a registry outage instead of reaping "
                          "the whole fleet (true/false)",
+    "min_replica_acks": "Register, Deregister, EvictAgents and NotifyAgent answer once this many "
+                        "replicas acknowledged the write (WAIT), else UNAVAILABLE; 0: no wait",
 }
 
 
@@ -194,6 +198,9 @@ def validate(s: Settings, given=frozenset()) -> None:
     need(not s.share_port or bool(s.redis_url), "share_port",
          "needs REDIS_URL: processes on one port must share one store, and the embedded store "
          "lives in one process")
+    need(0 <= s.min_replica_acks <= 16, "min_replica_acks", "must be 0..16 replicas")
+    need(not s.min_replica_acks or bool(s.redis_url), "min_replica_acks",
+         "needs REDIS_URL: the embedded store has no replicas")
     if s.redis_url:
         try:
             redis_target.parse(s.redis_url)

@@ -5,7 +5,8 @@ import logging
 
 import grpc
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError, BusyLoadingError
+from redis.exceptions import ReadOnlyError, ResponseError, TimeoutError as RedisTimeoutError
+from redis.exceptions import BusyLoadingError
 
 from .validation import InvalidArgument
 
@@ -18,7 +19,9 @@ _SCRIPT_STATUS = {
     "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
     "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
+# ReadOnlyError: the node took writes until a failover demoted it; the connection classes
+# (store.py, redis-py's Sentinel pool) drop such a connection and look for the primary again.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError, OSError)
 
 
 class RpcError(Exception):
@@ -29,9 +32,24 @@ class RpcError(Exception):
         self.code = code
 
 
+class NotReplicated(RpcError):
+    """MIN_REPLICA_ACKS: the write was made on the primary, but fewer replicas than asked
+    acknowledged it in time: it may be lost if the primary fails before they catch up."""
+
+    def __init__(self, acked: int, wanted: int, timeout_ms: int):
+        super().__init__(grpc.StatusCode.UNAVAILABLE,
+                         f"written on the redis primary, but only {acked} of {wanted} "
+                         f"replica(s) acknowledged it within {timeout_ms} ms (MIN_REPLICA_ACKS): "
+                         "it may be lost if the primary fails now; the call is safe to retry")
+        self.acked, self.wanted = acked, wanted
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, RpcError):
         return exc.code, str(exc)
+    if isinstance(exc, ReadOnlyError):
+        return grpc.StatusCode.UNAVAILABLE, (f"redis is read-only (a replica now: failover in "
+                                             f"progress?): {exc}")
     if isinstance(exc, InvalidArgument):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, ResponseError):

@@ -45,6 +45,8 @@ class Reaper:
         self.revisit_ms = settings.heartbeat_timeout_ms // 2
         self._seeded = False
         self._listening = asyncio.Event()
+        self._listener: asyncio.Task | None = None
+        store.on_failover(self._primary_moved)
 
     async def start(self, listen: bool, wait: bool = True) -> None:
         """Starts the sweeper and, if `listen`, the event listener; with `wait` (Redis is up),
@@ -53,7 +55,8 @@ class Reaper:
         self._tasks.append(asyncio.create_task(self._sweep_forever(), name="expiry-sweeper"))
         if not listen:
             return
-        self._tasks.append(asyncio.create_task(self._listen_forever(), name="expiry-events"))
+        self._listener = asyncio.create_task(self._listen_forever(), name="expiry-events")
+        self._tasks.append(self._listener)
         if not wait:
             return
         try:
@@ -61,6 +64,17 @@ class Reaper:
         except asyncio.TimeoutError:
             log.warning("expiry events: not subscribed after %.0fs; the listener keeps trying "
                         "and the sweeper reaps meanwhile", SUBSCRIBE_WAIT)
+
+    async def _primary_moved(self) -> None:
+        """A failover (Store.check_reset noticed): keyspace events are emitted by the primary
+        only, and their setting is per node. The listener subscribes again, at the new primary
+        (which it turns the events on at), even if its old connection still stands."""
+        if self._listener is None or self._listener not in self._tasks:
+            return  # not listening, or stopping
+        self._tasks.remove(self._listener)
+        await cancel_tasks([self._listener])
+        self._listener = asyncio.create_task(self._listen_forever(), name="expiry-events")
+        self._tasks.append(self._listener)
 
     async def stop(self) -> None:
         await cancel_tasks(self._tasks)

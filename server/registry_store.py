@@ -5,18 +5,26 @@ Script -> method: register.lua -> register, heartbeat.lua -> heartbeat/heartbeat
 deregister.lua -> deregister/evict, get.lua -> get, discover.lua -> discover (in bounded calls
 of discover_page), list.lua -> list_page, notify.lua -> notify, stats.lua -> stats, reap.lua ->
 reap, due.lua -> due.
-It also owns the heartbeat coalescer and the one difference of the embedded store (no socket to
-pipeline on). Keys outside the namespaces' hash tags are Store's.
+It also owns the heartbeat coalescer, the one difference of the embedded store (no socket to
+pipeline on) and MIN_REPLICA_ACKS (`replicated`: WAIT after the write, on its connection). Keys
+outside the namespaces' hash tags are Store's.
+
+Every script is safe to resend (redis-py resends a command whose reply a dropped connection
+lost, e.g. across a failover): register, heartbeat, deregister and reap find their own first
+attempt's effect; the reads write nothing; notify is the one exception: a resent call may put
+the message in the inbox twice (at-least-once delivery, as its header says).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
+from redis.exceptions import NoScriptError
 
 from . import convert, keys
 from .coalesce import HeartbeatPipeline
 from .config import Settings
+from .errors import NotReplicated
 from .keys import AGENT_CARD_ARG
 from .scripts import Scripts
 from .store import Store
@@ -29,6 +37,8 @@ DISCOVER_BUDGET = 1500
 DISCOVER_BATCH = 50
 LAST_AGENT_REMOVED = 2   # deregister.lua: the namespace has no agent left
 NO_TELEMETRY = ("0", "0", "0", "0")
+# MIN_REPLICA_ACKS: how long a write waits for its replicas (well within the 5 s socket timeout)
+REPLICA_ACK_TIMEOUT_MS = 1000
 
 
 def outage_quiet_ms(settings: Settings) -> int:
@@ -73,6 +83,7 @@ class RegistryStore:
         self._thresholds = (repr(settings.unhealthy_below), repr(settings.degraded_below))
         self._quiet = str(outage_quiet_ms(settings))
         self._inbox_capacity = str(settings.inbox_capacity)
+        self._min_acks = settings.min_replica_acks
         # real Redis only: the embedded store has no socket to pipeline on
         self._pipeline = (None if store.embedded
                           else HeartbeatPipeline(store.redis, self.scripts.heartbeat))
@@ -87,8 +98,8 @@ class RegistryStore:
             args += (key, value)
         if spec.card_json:
             args += (AGENT_CARD_ARG, spec.card_json)
-        _, flat, first = await self.scripts.register(
-            keys=k.agent_script_keys(name), args=args)
+        _, flat, first = await self._write(self.scripts.register, k.agent_script_keys(name),
+                                           args)
         agent = convert.from_flat(ref.namespace, name, flat)
         if first:  # the namespace's first or soonest lease: keys in other slots, after it
             await self.store.agent_created(ref.namespace, agent.expires_at_unix_ms)
@@ -139,33 +150,78 @@ class RegistryStore:
                 else self._heartbeat_reply(beat.ref, reply)
                 for (beat, _), reply in zip(beats, replies)]
 
-    def _deregister_call(self, ref: AgentRef, event: str, reason: str, owner: str, client):
+    def _deregister_call(self, ref: AgentRef, event: str, reason: str, owner: str):
         k, name = keys.namespace(ref.namespace), ref.name
-        return self.scripts.deregister(
-            keys=k.agent_script_keys(name),
-            args=[k.prefix, name, self._maxlen, event, reason, owner], client=client)
+        return (self.scripts.deregister, k.agent_script_keys(name),
+                [k.prefix, name, self._maxlen, event, reason, owner])
 
     async def deregister(self, ref: AgentRef, owner: str) -> bool:
-        removed = await self._deregister_call(ref, "deregistered", "", owner, None)
+        removed = await self._write(*self._deregister_call(ref, "deregistered", "", owner))
         if removed == LAST_AGENT_REMOVED:
             await self.store.forget_if_empty(ref.namespace)
         return bool(removed)
 
     async def evict(self, refs: list[AgentRef], reason: str) -> list[AgentRef]:
         """The agents of `refs` that were live and are now removed, in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for ref in refs:
-                await self._deregister_call(ref, "evicted", reason, "", pipe)
-            removed = await pipe.execute()
+        calls = [self._deregister_call(ref, "evicted", reason, "") for ref in refs]
+        if self._min_acks:
+            removed = await self.replicated(calls)
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for script, keys_, args in calls:
+                    await script(keys=keys_, args=args, client=pipe)
+                removed = await pipe.execute()
         for ns in {r.namespace for r, n in zip(refs, removed) if n == LAST_AGENT_REMOVED}:
             await self.store.forget_if_empty(ns)
         return [r for r, n in zip(refs, removed) if n]
 
     async def notify(self, ref: AgentRef, kind: str, payload: str) -> str:
         k, name = keys.namespace(ref.namespace), ref.name
-        return await self.scripts.notify(
-            keys=k.agent_script_keys(name),
-            args=[k.prefix, name, self._maxlen, kind, payload, self._inbox_capacity])
+        return await self._write(
+            self.scripts.notify, k.agent_script_keys(name),
+            [k.prefix, name, self._maxlen, kind, payload, self._inbox_capacity])
+
+    async def _write(self, script, keys_: list[str], args: list):
+        """One write script; with MIN_REPLICA_ACKS it answers once replicas have the write."""
+        if not self._min_acks:
+            return await script(keys=keys_, args=args)
+        return (await self.replicated([(script, keys_, args)]))[0]
+
+    async def replicated(self, calls: list[tuple], acks: int = 0,
+                         timeout_ms: int = REPLICA_ACK_TIMEOUT_MS) -> list:
+        """Runs the script calls [(script, keys, args)] pipelined on one connection, then
+        `WAIT acks timeout_ms` (default MIN_REPLICA_ACKS) on that same connection: WAIT counts
+        the replicas that acknowledged everything this connection wrote, and the replication
+        stream is ordered, so that covers every call. Returns the scripts' replies; raises the
+        first script error, or NotReplicated saying how many replicas acknowledged (the write
+        stands on the primary). A script Redis lacks (NOSCRIPT: a promoted replica has an empty
+        script cache) is loaded and that call alone sent again. Limit: a resent call that finds
+        its work done (deregister of an agent already gone) writes nothing, and WAIT on a
+        connection without writes counts the replicas connected, not those holding the first
+        attempt's write."""
+        acks = acks or self._min_acks
+        replies: list = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    script, keys_, args = calls[i]
+                    pipe.evalsha(script.sha, len(keys_), *keys_, *args)
+                pipe.execute_command("WAIT", acks, timeout_ms)
+                *got, acked = await pipe.execute(raise_on_error=False)
+            for i, reply in zip(todo, got):
+                replies[i] = reply
+            todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
+            if not todo or attempt:
+                break
+            for script in {calls[i][0].sha: calls[i][0] for i in todo}.values():
+                await self.redis.script_load(script.script)
+        for reply in (*replies, acked):
+            if isinstance(reply, Exception):
+                raise reply
+        if int(acked) < acks:
+            raise NotReplicated(int(acked), acks, timeout_ms)
+        return replies
 
     # -- reads ------------------------------------------------------------------------------
     async def get(self, ref: AgentRef) -> pb.AgentInfo | None:

@@ -2,23 +2,33 @@
 
 The embedded store is fakeredis with lupa running the very same Lua scripts; it keeps nothing
 when the process ends and never emits keyspace notifications (the sweeper covers expiry).
+A Sentinel deployment's clients follow the primary (sentinel_client below).
 """
 from __future__ import annotations
 
 import logging
 import secrets
 import time
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import (BlockingConnectionPool, Connection, SSLConnection,
+                                      UnixDomainSocketConnection, parse_url)
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError
 
 from . import keys, metrics
 from .config import Settings
+from .redis_target import RedisTarget, TargetError
 
 log = logging.getLogger("service_registry")
 
 COMMAND_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 2.0
+SENTINEL_TIMEOUT = 2.0    # one question to one sentinel (which node is the primary)
 # Redis runs one command at a time: more connections add no throughput. Calls beyond this wait
 # for a free connection instead of failing with "Too many connections".
 MAX_CONNECTIONS = 64
@@ -33,27 +43,87 @@ class Store:
         if self.embedded:
             import fakeredis
             self._fake_server = fakeredis.FakeServer()
+        self.sentinel: Sentinel | None = None
+        if settings.redis_url and settings.redis_target.kind == "sentinel":
+            self.sentinel = sentinel_manager(settings.redis_target)  # once (redis-py#3433)
         self.redis = self.client(COMMAND_TIMEOUT)
+        self._node = None                   # (host, port) the last new connection reached
+        self._primary = None                # the node _check_failover last saw
+        self._failover_listeners: list = []
         self._namespaces: set[str] = set()
         self._namespaces_read_at = 0.0
         self.epoch: str | None = None       # the store's epoch when this process last looked
         self._reset_listeners: list = []
 
-    def client(self, socket_timeout: float):
-        """A new client; blocking readers pass a timeout above their block time."""
+    def client(self, socket_timeout: float | None, on_connect=None):
+        """A new client (its own pool); blocking readers pass a timeout above their block time.
+        `on_connect(connection)` runs after each (re)connection of one of its connections, to
+        the node it reached (watch.py checks what that node's logs hold); the store notes that
+        node too (_check_failover)."""
         if self.embedded:
             import fakeredis
             return fakeredis.aioredis.FakeRedis(server=self._fake_server, decode_responses=True)
         target = self.settings.redis_target
-        if target.kind != "single":   # built by issue 10 (Cluster, Sentinel)
-            raise NotImplementedError(f"{target.kind} deployments are not supported yet")
         # Few, fast retries: a caller should get UNAVAILABLE quickly when Redis is down.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.settings.redis_url, decode_responses=True, socket_timeout=socket_timeout,
-            socket_connect_timeout=2.0, health_check_interval=30,
-            max_connections=MAX_CONNECTIONS, timeout=COMMAND_TIMEOUT,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2))
-        return aioredis.Redis.from_pool(pool)
+        options = dict(decode_responses=True, socket_timeout=socket_timeout,
+                       socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30,
+                       max_connections=MAX_CONNECTIONS, timeout=COMMAND_TIMEOUT,
+                       retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2))
+        options["redis_connect_func"] = _then(self._reached, on_connect,
+                                              primary_only=target.kind == "sentinel")
+        if target.kind == "sentinel":
+            return sentinel_client(self.sentinel, target, **options)
+        if target.kind != "single":   # Redis Cluster: issue 10's other half
+            raise NotImplementedError(f"{target.kind} deployments are not supported yet")
+        url_options = parse_url(self.settings.redis_url)   # as from_url: the URL's own win
+        url_options["connection_class"] = _demotion_aware(
+            url_options.get("connection_class", Connection))
+        return aioredis.Redis.from_pool(BlockingConnectionPool(**{**options, **url_options}))
+
+    async def check_target(self) -> None:
+        """At start: TargetError (one line) when the deployment REDIS_URL names cannot be
+        used at all. Sentinel: no sentinel answers, or none monitors the primary's name. A
+        primary that is down while the sentinels know it is a failover under way: the server
+        starts NOT_SERVING and follows the primary once promoted."""
+        if self.sentinel is not None:
+            await check_sentinels(self.sentinel, self.settings.redis_target)
+
+    async def node_url(self) -> str:
+        """A redis:// URL of the node this store writes to (Sentinel: the primary now), for
+        tools that talk to one node (redis-benchmark in the benchmark suite)."""
+        if self.sentinel is None:
+            return self.settings.redis_url
+        target = self.settings.redis_target
+        host, port = await self.sentinel.discover_master(target.primary_name)
+        user, password = target.options.get("username") or "", target.options.get("password")
+        auth = f"{quote(user)}:{quote(password)}@" if password else ""
+        return f"{'rediss' if target.tls else 'redis'}://{auth}{host}:{port}/{target.db}"
+
+    def _reached(self, connection) -> None:
+        """Every new connection of every client of this store: where it went (Sentinel: the
+        primary at that moment; a reader reconnecting after a failover reaches the new one)."""
+        self._node = (getattr(connection, "host", None), getattr(connection, "port", None))
+
+    def on_failover(self, listener) -> None:
+        """`await listener()` runs when check_reset finds that the primary has moved."""
+        self._failover_listeners.append(listener)
+
+    async def _check_failover(self) -> None:
+        """Sentinel: the primary moved (a failover). Keys written outside the scripts (the
+        namespace set, the sweeper's schedule) may have missed the replica: rebuilt from what
+        the new primary holds; listeners redo their per-node set-up (keyspace events)."""
+        primary = self._node
+        if self.sentinel is None or primary is None:
+            return
+        was, self._primary = self._primary, primary
+        if was is None or was == primary:
+            return
+        log.warning("redis primary moved from %s:%s to %s:%s (a failover); rebuilding the "
+                    "namespace set and the sweeper's schedule from the new primary", *was,
+                    *primary)
+        await self.rebuild_namespaces()
+        for listener in self._failover_listeners:
+            await listener()
 
     def describe(self) -> str:
         if self.embedded:
@@ -142,7 +212,8 @@ class Store:
         """True when the store was reset (Redis restarted without its data, or flushed) since
         this process last looked: the epoch key, written once, is gone or was written anew.
         Then the namespace set and the sweeper's schedule are rebuilt from what Redis holds and
-        the listeners (open watches) are told."""
+        the listeners (open watches) are told. Also notices a failover (_check_failover)."""
+        await self._check_failover()
         value = await self.redis.get(keys.EPOCH)
         if value is None:
             await self.redis.set(keys.EPOCH, secrets.token_hex(8), nx=True)
@@ -177,3 +248,113 @@ class Store:
 
     async def close(self) -> None:
         await self.redis.aclose()
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
+
+
+def _then(*hooks, primary_only: bool = False):
+    """redis-py's connect hook replaces its own handshake: do that first, then each hook.
+    `primary_only` (Sentinel): a node that is not a primary is refused (ConnectionError; redis-py
+    asks the sentinels again). During a failover a sentinel that has not heard of the switch yet
+    still names the old primary, which may already be a replica: a connection made there would
+    read stale data, and a subscription there would hear no `expired` event ever."""
+    async def connect(connection) -> None:
+        await connection.on_connect()
+        if primary_only:
+            await connection.send_command("ROLE")
+            role = await connection.read_response()
+            if str(role[0]) != "master":
+                await connection.disconnect()
+                raise RedisConnectionError(
+                    f"{connection.host}:{connection.port} is a {role[0]}, not the primary (a "
+                    "failover under way)")
+        for hook in hooks:
+            if hook is not None:
+                hook(connection)
+    return connect
+
+
+class _DemotionAware:
+    """A single-node connection that drops itself when the node answers READONLY (a failover
+    made it a replica) and raises ConnectionError: redis-py's retry connects again (a DNS name
+    that follows the primary then reaches the new one) and the caller gets UNAVAILABLE at
+    worst. redis-py's Sentinel connections do the same."""
+
+    async def read_response(self, *args, **kwargs):
+        try:
+            return await super().read_response(*args, **kwargs)
+        except ReadOnlyError as exc:
+            await self.disconnect()
+            raise RedisConnectionError(f"the node is a read-only replica now ({exc})") from None
+
+
+class _DemotionAwareConnection(_DemotionAware, Connection):
+    pass
+
+
+class _DemotionAwareSSLConnection(_DemotionAware, SSLConnection):
+    pass
+
+
+class _DemotionAwareUnixConnection(_DemotionAware, UnixDomainSocketConnection):
+    pass
+
+
+def _demotion_aware(base: type) -> type:
+    if issubclass(base, UnixDomainSocketConnection):
+        return _DemotionAwareUnixConnection
+    if issubclass(base, SSLConnection):
+        return _DemotionAwareSSLConnection
+    return _DemotionAwareConnection
+
+
+# -- Sentinel ---------------------------------------------------------------------------------
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool (connections find the primary through the sentinels, and drop
+    themselves on READONLY) with the blocking pool's bound: past `max_connections`, a call
+    waits up to `timeout` for a free connection instead of failing."""
+
+
+def sentinel_manager(target: RedisTarget) -> Sentinel:
+    """The Sentinel object (one per process): asks the sentinels of `target` for the primary.
+    Data-node options (password, ssl_*) come from REDIS_URL; the sentinels get the same TLS
+    options and their own password when `sentinel_password` is given."""
+    tls = {k: v for k, v in target.options.items() if k.startswith("ssl")}
+    sentinel_kwargs = dict(socket_timeout=SENTINEL_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT,
+                           retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1), **tls)
+    if target.tls:
+        sentinel_kwargs["ssl"] = True
+    for option, value in target.sentinel_options.items():
+        sentinel_kwargs[option.removeprefix("sentinel_")] = value
+    return Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)
+
+
+def sentinel_client(sentinel: Sentinel, target: RedisTarget, **options) -> aioredis.Redis:
+    """A client of the current primary: each new connection asks the sentinels where it is, so
+    after a failover reconnections reach the promoted replica (the server follows it without a
+    restart). Each call makes one pool: the server makes one for its calls and one per
+    blocking reader."""
+    return sentinel.master_for(target.primary_name, connection_pool_class=BlockingSentinelPool,
+                               **{**options, **target.options,   # as from_url: the URL's win
+                                  "db": target.db, "ssl": target.tls})
+
+
+async def check_sentinels(sentinel: Sentinel, target: RedisTarget) -> None:
+    """TargetError when no sentinel answers, or none of those answering monitors the name."""
+    answers, errors = [], []
+    for client in sentinel.sentinels:
+        at = client.connection_pool.connection_kwargs
+        try:
+            answers.append(await client.sentinel_masters())
+        except (RedisError, OSError) as exc:
+            why = " ".join(str(exc).split()) or type(exc).__name__   # one line
+            errors.append(f"{at['host']}:{at['port']} {why}")
+    where = ",".join(f"{h}:{p}" for h, p in target.nodes)
+    if not answers:
+        raise TargetError(f"no sentinel answers at {where} ({'; '.join(errors)})")
+    if not any(target.primary_name in masters for masters in answers):
+        known = sorted({name for masters in answers for name in masters})
+        raise TargetError(f"the sentinels at {where} monitor no primary named "
+                          f"{target.primary_name!r} (they monitor: "
+                          f"{', '.join(map(repr, known)) or 'nothing'})")

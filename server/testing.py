@@ -61,3 +61,128 @@ class RedisServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SentinelSet:
+    """A Sentinel deployment on free loopback ports, for the tests and the failover benchmark: one
+    primary, `replicas` replicas and 3 sentinels (`sentinel monitor NAME 127.0.0.1 PORT 2`, down
+    after 1 s). `url` is the registry's REDIS_URL. `kill_primary()` SIGKILLs the primary and
+    `wait_promoted()` returns the replica the sentinels promoted; everything is killed by pid in
+    `cleanup()`."""
+
+    SENTINELS = 3
+
+    def __init__(self, name: str = "registry", replicas: int = 1, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 2000):
+        self.name = name
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        fast_sync = ("--repl-diskless-sync-delay", "0")
+        first = RedisServer(*fast_sync)
+        self.nodes = [first] + [RedisServer(*fast_sync, "--replicaof", "127.0.0.1",
+                                            str(first.port)) for _ in range(replicas)]
+        self.sentinel_ports = [free_port() for _ in range(self.SENTINELS)]
+        self.dir = tempfile.mkdtemp(prefix="sr-sentinel-")
+        self.sentinels: list[subprocess.Popen] = []
+
+    @property
+    def url(self) -> str:
+        where = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{where}/{self.name}/0"
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.start()
+        self.wait_replicas(len(self.nodes) - 1, timeout)
+        binary = shutil.which("redis-server")
+        for i, port in enumerate(self.sentinel_ports):
+            conf = f"{self.dir}/sentinel-{i}.conf"   # a sentinel rewrites its own file
+            with open(conf, "w") as f:
+                f.write(f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {self.dir}\n"
+                        f"sentinel monitor {self.name} 127.0.0.1 {self.nodes[0].port} 2\n"
+                        f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}\n"
+                        f"sentinel failover-timeout {self.name} {self.failover_timeout_ms}\n"
+                        f"sentinel parallel-syncs {self.name} 1\n")
+            self.sentinels.append(subprocess.Popen(
+                [binary, conf, "--sentinel"], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL))
+        # every sentinel knows the others (hello messages, every 2 s) and the replicas
+        self.until(lambda: all(
+            int(m["num-other-sentinels"]) == self.SENTINELS - 1
+            and int(m["num-slaves"]) == len(self.nodes) - 1
+            for m in (self._sentinel(port).sentinel_master(self.name)
+                      for port in self.sentinel_ports)), timeout, "sentinels ready")
+
+    def _sentinel(self, port: int):
+        import redis
+        return redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+
+    def sentinel_client(self):
+        """A client of the first sentinel (SENTINEL commands)."""
+        return self._sentinel(self.sentinel_ports[0])
+
+    def node_client(self, node: RedisServer):
+        import redis
+        return redis.Redis(port=node.port, socket_timeout=1, decode_responses=True)
+
+    def until(self, condition, timeout: float, what: str):
+        """Polls `condition` (other processes' state: there is no event to await)."""
+        import redis
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                value = condition()
+                if value:
+                    return value
+            except (redis.RedisError, OSError, KeyError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"sentinel set: {what} not reached within {timeout}s")
+
+    def primary(self) -> RedisServer:
+        """The node the sentinels name as primary."""
+        import redis
+        for port in self.sentinel_ports:
+            try:
+                _, at = self._sentinel(port).sentinel_get_master_addr_by_name(self.name)
+            except (redis.RedisError, OSError, TypeError):
+                continue
+            return next(node for node in self.nodes if node.port == int(at))
+        raise RuntimeError("no sentinel answers")
+
+    def replicas(self) -> list[RedisServer]:
+        primary = self.primary()
+        return [node for node in self.nodes if node is not primary]
+
+    def wait_replicas(self, count: int, timeout: float = 30.0) -> None:
+        """Until the primary has `count` replicas online (synchronised)."""
+        def online():
+            info = self.node_client(self.primary() if self.sentinels else self.nodes[0]).info(
+                "replication")
+            return info.get("role") == "master" and sum(
+                1 for key, value in info.items()
+                if key.startswith("slave") and isinstance(value, dict)
+                and value.get("state") == "online") >= count
+        self.until(online, timeout, f"{count} replica(s) online")
+
+    def kill_primary(self) -> RedisServer:
+        node = self.primary()
+        node.stop()  # SIGKILL
+        return node
+
+    def wait_promoted(self, old: RedisServer, timeout: float = 30.0) -> RedisServer:
+        """The replica the sentinels promoted after `old` died, once it takes writes."""
+        def promoted():
+            node = self.primary()
+            return node if node is not old and self.node_client(node).info(
+                "replication").get("role") == "master" else None
+        return self.until(promoted, timeout, "a replica promoted")
+
+    def cleanup(self) -> None:
+        for proc in self.sentinels:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for node in self.nodes:
+            node.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)

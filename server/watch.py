@@ -34,6 +34,10 @@ SNAPSHOT_PAGE = 500
 NOTIFICATION = pb.NOTIFICATION
 PROGRESS = pb.PROGRESS   # logged with a reason when a registry outage is recorded: for everyone
 RESET_MESSAGE = "the store was reset (its data is gone); re-list"
+# A failover to a replica that had not received the last entries, or a restore from an older
+# copy: the revision is gone and changes the watcher saw may never have happened for the store.
+LOST_MESSAGE = ("the store was reset to an older copy: it lacks revision {revision}, which this "
+                "watch has seen (a failover to a replica that missed it, or a restore); re-list")
 _EVENT_FIELD_NAMES = frozenset(EF.values())
 
 
@@ -182,17 +186,6 @@ class Feed:
             for watcher in tuple(self.watchers):
                 watcher.offer(event)
 
-    async def went_back(self) -> bool:
-        """After Redis was unreachable: did it come back with an older copy of this log
-        (restored from a stale snapshot)? Then the watchers' view is wrong: OUT_OF_RANGE."""
-        last = await last_generated(self.store.redis, self.log_key)
-        if revision_key(last) < revision_key(self.position):
-            log.warning("watch feed %s: the log went back from %s to %s; watchers must re-list",
-                        self.namespace, self.position, last)
-            self.end(RpcError(grpc.StatusCode.OUT_OF_RANGE, RESET_MESSAGE))
-            return True
-        return False
-
     def end(self, error: RpcError) -> None:
         self.closed = True
         for watcher in tuple(self.watchers):
@@ -210,6 +203,10 @@ class LogReader:
         self.store = store
         self.feeds: dict[str, Feed] = {}
         self.task: asyncio.Task | None = None
+        self.connections = 0    # (re)connections of this reader's client, to whichever node
+
+    def _connected(self, _connection) -> None:
+        self.connections += 1
 
     @property
     def full(self) -> bool:
@@ -232,9 +229,10 @@ class LogReader:
                 del self.feeds[key]
 
     async def _follow(self) -> None:
-        client = self.store.client(socket_timeout=BLOCK_MS / 1000 + 5)
+        client = self.store.client(socket_timeout=BLOCK_MS / 1000 + 5, on_connect=self._connected)
         delay = 0.1
-        reconnected = False
+        reconnected = True   # check the node before the first read, like after a reconnection
+        checked = 0          # self.connections when the node was last checked
         try:
             while True:
                 self._prune()
@@ -242,16 +240,18 @@ class LogReader:
                     self.task = None  # before any await: add() starts a new task
                     return
                 try:
-                    if reconnected:
+                    if reconnected or self.connections != checked:
                         reconnected = False
                         if await self.store.check_reset():
                             return  # the store's listener ended every feed
-                        for feed in tuple(self.feeds.values()):
-                            await feed.went_back()
+                        await end_lost_feeds(client, tuple(self.feeds.values()))
+                        checked = self.connections  # connections made meanwhile: checked too
                         continue
                     reply = await client.xread({k: f.position for k, f in self.feeds.items()},
                                                count=READ_COUNT, block=BLOCK_MS)
                     delay = 0.1
+                    if self.connections != checked:
+                        continue  # read from a node not checked yet (redis-py reconnected)
                 except REDIS_DOWN as exc:
                     log.warning("watch log reader: redis unreachable (%s); retrying", exc)
                     reconnected = True
@@ -273,14 +273,27 @@ class LogReader:
             await client.aclose()
 
 
-async def last_generated(redis, log_key: str) -> str:
-    """The last id the log ever generated ("0-0" without a log)."""
-    try:
-        return (await redis.xinfo_stream(log_key)).get("last-generated-id") or "0-0"
-    except ResponseError as exc:
-        if "no such key" not in str(exc).lower():
-            raise
-        return "0-0"
+async def end_lost_feeds(redis, feeds) -> None:
+    """After a reader (re)connected, possibly to another node (a promoted replica) or to a
+    restarted one: a feed whose position (the last revision its watchers got) is not in the log
+    there ends with OUT_OF_RANGE. That node lacks changes the watchers saw, so carrying on from
+    it would keep them forever (a replica that missed the last entries of a dead primary), or
+    skip what was trimmed meanwhile. One pipelined round trip on the reader's own connection,
+    so the node checked is the node read from."""
+    feeds = [feed for feed in feeds if feed.position != "0-0" and not feed.closed]
+    if not feeds:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for feed in feeds:
+            pipe.xrange(feed.log_key, feed.position, feed.position, count=1)
+        found = await pipe.execute()
+    for feed, entries in zip(feeds, found):
+        if not entries:
+            log.warning("watch feed %s: revision %s is not in the log any more (failover to a "
+                        "replica that missed it, or a restore); watchers must re-list",
+                        feed.namespace, feed.position)
+            feed.end(RpcError(grpc.StatusCode.OUT_OF_RANGE,
+                              LOST_MESSAGE.format(revision=feed.position)))
 
 
 async def last_revision(redis, log_key: str) -> str:
@@ -443,6 +456,16 @@ class Watches:
             # Never trimmed, yet it starts after the revision: a new log, the store was reset.
             raise RpcError(grpc.StatusCode.OUT_OF_RANGE,
                            f"since_revision: {since} is older than the log; {RESET_MESSAGE}")
+        if since_key != (0, 0):
+            await self._check_present(log_key, since)
+
+    async def _check_present(self, log_key: str, since: str) -> None:
+        """OUT_OF_RANGE for a revision within the log's range that the log does not hold: the
+        caller saw it on a primary that failed before a replica got it (or the store was
+        restored from an older copy), so what the caller holds may never have happened."""
+        if not await self.store.redis.xrange(log_key, since, since, count=1):
+            raise RpcError(grpc.StatusCode.OUT_OF_RANGE,
+                           f"since_revision: {LOST_MESSAGE.format(revision=since)}")
 
     async def _snapshot(self, namespace: str, selector: Selector):
         if selector.name:

@@ -382,10 +382,11 @@ class ServiceRegistryClient:
                 since_revision=revision, skip_snapshot=bool(revision) or not snapshot,
                 agent_id=agent_id)
             call = self.stub.WatchAgents(request, metadata=self._metadata())
+            got_event = False
             try:
                 async for event in call:
                     delay = self.backoff
-                    started = True
+                    started = got_event = True
                     if event.revision and event.type != pb.SNAPSHOT:
                         revision = event.revision
                     yield event
@@ -398,9 +399,12 @@ class ServiceRegistryClient:
                     _log.warning("watch: %s; listing again", exc.details())
                     if on_resync is not None:
                         on_resync(exc.details() or "")
-                    revision, snapshot, started = "", True, False
-                    continue
-                if code not in _WATCH_RESUMABLE:
+                    # a fresh snapshot next; `started` stays: only the caller's own
+                    # since_revision, refused at once, raises WatchCompacted
+                    revision, snapshot = "", True
+                    if got_event:
+                        continue  # at once; a resync refused again waits like a reconnection
+                elif code not in _WATCH_RESUMABLE:
                     raise RegistryError(code, exc.details() or "") from None
             finally:
                 call.cancel()
