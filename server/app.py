@@ -166,6 +166,7 @@ class Server:
     async def start(self) -> int:
         """Raises binding.StartupError (one line naming the setting) when it cannot listen."""
         binding.check(self.settings)
+        await self.store.connect()  # Redis Cluster: its topology, before serving
         try:
             if self.tls:
                 self.port = self.grpc.add_secure_port(self.settings.address,

@@ -6,6 +6,7 @@ import logging
 import grpc
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError, BusyLoadingError
+from redis.exceptions import AskError, ClusterError, RedisClusterException, TryAgainError
 
 from .validation import InvalidArgument
 
@@ -18,7 +19,10 @@ _SCRIPT_STATUS = {
     "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
     "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
+# Redis Cluster: a shard failing over (CLUSTERDOWN, slots not covered, TRYAGAIN, redirects
+# past redis-py's limit) is an outage of that shard, as unreachable as a dead Redis.
+CLUSTER_DOWN = (ClusterError, RedisClusterException, TryAgainError)
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError, *CLUSTER_DOWN)
 
 
 class RpcError(Exception):
@@ -34,7 +38,10 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return exc.code, str(exc)
     if isinstance(exc, InvalidArgument):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, ResponseError):
+    if isinstance(exc, AskError):  # MOVED/ASK: a redis:// URL at a Redis Cluster node
+        return grpc.StatusCode.UNAVAILABLE, ("redis answered MOVED: REDIS_URL names one node of "
+                                             "a Redis Cluster; use redis+cluster://")
+    if isinstance(exc, ResponseError) and not isinstance(exc, CLUSTER_DOWN):
         word, _, rest = str(exc).partition(" ")
         code = _SCRIPT_STATUS.get(word)
         if code is not None:

@@ -10,12 +10,13 @@ pipeline on). Keys outside the namespaces' hash tags are Store's.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 
 from . import convert, keys
-from .coalesce import HeartbeatPipeline
+from .coalesce import ClusterHeartbeatPipeline, HeartbeatPipeline
 from .config import Settings
 from .keys import AGENT_CARD_ARG
 from .scripts import Scripts
@@ -74,8 +75,11 @@ class RegistryStore:
         self._quiet = str(outage_quiet_ms(settings))
         self._inbox_capacity = str(settings.inbox_capacity)
         # real Redis only: the embedded store has no socket to pipeline on
-        self._pipeline = (None if store.embedded
-                          else HeartbeatPipeline(store.redis, self.scripts.heartbeat))
+        self._pipeline = None
+        if store.cluster:  # one pipeline per primary
+            self._pipeline = ClusterHeartbeatPipeline(store.redis, self.scripts.heartbeat)
+        elif not store.embedded:
+            self._pipeline = HeartbeatPipeline(store.redis, self.scripts.heartbeat)
 
     # -- writes -----------------------------------------------------------------------------
     async def register(self, ref: AgentRef, spec: AgentSpec, owner: str) -> pb.AgentInfo:
@@ -152,11 +156,16 @@ class RegistryStore:
         return bool(removed)
 
     async def evict(self, refs: list[AgentRef], reason: str) -> list[AgentRef]:
-        """The agents of `refs` that were live and are now removed, in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for ref in refs:
-                await self._deregister_call(ref, "evicted", reason, "", pipe)
-            removed = await pipe.execute()
+        """The agents of `refs` that were live and are now removed, in one round trip (on
+        Redis Cluster, concurrent calls: redis-py 8.1 pipelines no EVALSHA there)."""
+        if self.store.cluster:
+            removed = await asyncio.gather(
+                *(self._deregister_call(ref, "evicted", reason, "", None) for ref in refs))
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for ref in refs:
+                    await self._deregister_call(ref, "evicted", reason, "", pipe)
+                removed = await pipe.execute()
         for ns in {r.namespace for r, n in zip(refs, removed) if n == LAST_AGENT_REMOVED}:
             await self.store.forget_if_empty(ns)
         return [r for r, n in zip(refs, removed) if n]

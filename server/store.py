@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from . import keys, metrics
+from . import keys, metrics, redis_cluster
 from .config import Settings
 
 log = logging.getLogger("service_registry")
@@ -33,7 +33,10 @@ class Store:
         if self.embedded:
             import fakeredis
             self._fake_server = fakeredis.FakeServer()
+        self.cluster = not self.embedded and settings.redis_target.kind == "cluster"
         self.redis = self.client(COMMAND_TIMEOUT)
+        # Redis Cluster: one client shared by every blocking log reader (redis_cluster.py)
+        self._readers = redis_cluster.reader_client(settings.redis_target) if self.cluster else None
         self._namespaces: set[str] = set()
         self._namespaces_read_at = 0.0
         self.epoch: str | None = None       # the store's epoch when this process last looked
@@ -45,7 +48,9 @@ class Store:
             import fakeredis
             return fakeredis.aioredis.FakeRedis(server=self._fake_server, decode_responses=True)
         target = self.settings.redis_target
-        if target.kind != "single":   # built by issue 10 (Cluster, Sentinel)
+        if target.kind == "cluster":
+            return redis_cluster.command_client(target, socket_timeout)
+        if target.kind != "single":   # built by issue 10 (Sentinel)
             raise NotImplementedError(f"{target.kind} deployments are not supported yet")
         # Few, fast retries: a caller should get UNAVAILABLE quickly when Redis is down.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -55,6 +60,34 @@ class Store:
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2))
         return aioredis.Redis.from_pool(pool)
 
+    async def connect(self) -> None:
+        """Before serving. Redis Cluster: the clients learn the topology (redis-py#3935: races
+        on a client used before) and the scripts are loaded on every primary; an unreachable
+        seed list or a standalone node stops the start (StartupError naming REDIS_URL). One
+        node: a Redis Cluster node behind a redis:// URL is refused (it would answer MOVED for
+        most namespaces); an unreachable one is an outage the health probe reports."""
+        if self.embedded:
+            return
+        target = self.settings.redis_target
+        if self.cluster:
+            await redis_cluster.connect(target, self.redis, self._readers)
+            return
+        if target.kind == "single":
+            await redis_cluster.refuse_cluster_node(target, self.redis)
+
+    def reader_client(self, socket_timeout: float):
+        """A client for a blocking reader (socket timeout above its block time); give it back
+        with release_reader. On Redis Cluster all readers share one."""
+        return self._readers if self._readers is not None else self.client(socket_timeout)
+
+    async def release_reader(self, client) -> None:
+        if client is not self._readers:
+            await client.aclose()
+
+    def slot_of(self, key: str) -> int | None:
+        """Redis Cluster: the key's hash slot (a multi-key command needs one); else None."""
+        return self.redis.keyslot(key) if self.cluster else None
+
     def describe(self) -> str:
         if self.embedded:
             return "embedded, not persisted (in-process fakeredis; set REDIS_URL for real Redis)"
@@ -62,22 +95,27 @@ class Store:
 
     async def ping(self) -> bool:
         try:
+            if self.cluster:  # every primary (each holds a share of the namespaces)
+                return bool(await self.redis.ping(target_nodes=self.redis.PRIMARIES))
             return bool(await self.redis.ping())
-        except Exception:  # noqa: BLE001 - any failure means "not serving"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not serving"
+            log.debug("redis ping failed: %r", exc)
             return False
 
-    async def enable_expiry_events(self) -> bool:
-        """Turns on `expired` keyspace events (Ex), keeping flags set by others. False when the
-        server refuses CONFIG (managed Redis): the sweeper alone then handles expiry."""
+    async def enable_expiry_events(self, node=None) -> bool:
+        """Turns on `expired` keyspace events (Ex), keeping flags set by others, on `node` (a
+        client of one Redis Cluster primary) or the one Redis. False when the server refuses
+        CONFIG (managed Redis): the sweeper alone then handles expiry."""
         if self.embedded:
             return False
+        redis = node or self.redis
         try:
-            current = (await self.redis.config_get("notify-keyspace-events")).get(
+            current = (await redis.config_get("notify-keyspace-events")).get(
                 "notify-keyspace-events", "")
             have = set(current)
             if "E" not in have or not have & {"x", "A"}:
-                await self.redis.config_set("notify-keyspace-events",
-                                            "".join(sorted(have | {"E", "x"})))
+                await redis.config_set("notify-keyspace-events",
+                                       "".join(sorted(have | {"E", "x"})))
             return True
         except Exception as exc:  # noqa: BLE001
             log.warning("cannot enable keyspace expiry events (%s); expiry relies on the sweeper",
@@ -162,7 +200,7 @@ class Store:
         """The namespace set from the deadline zsets Redis holds (one per namespace with agents),
         and every namespace on the sweeper's schedule: at a process's start (a store written by
         a version that kept the set per process may lack some) and after a reset. One SCAN,
-        SCAN_COUNT keys a call. (On Redis Cluster it is to run on every primary.)"""
+        SCAN_COUNT keys a call; on Redis Cluster redis-py's scan_iter walks every primary."""
         pattern = keys.namespace("*").deadlines
         found = set()
         async for key in self.redis.scan_iter(match=pattern, count=SCAN_COUNT):
@@ -177,3 +215,5 @@ class Store:
 
     async def close(self) -> None:
         await self.redis.aclose()
+        if self._readers is not None:
+            await self._readers.aclose()
