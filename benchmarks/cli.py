@@ -29,7 +29,7 @@ import click
               help="load generator processes")
 @click.option("--scenarios", default="", metavar="LIST",
               help="comma-separated subset of: ceilings, register, heartbeat, keepalive, "
-                   "memory, discover, mixed, watch, expiry")
+                   "memory, discover, mixed, watch, expiry, http, cluster")
 @click.option("--duration", type=float, default=None,
               help="measured seconds of each throughput scenario (overrides the profile)")
 @click.option("--h2load/--no-h2load", "use_h2load", default=True,

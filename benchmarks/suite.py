@@ -87,7 +87,8 @@ PROFILES = {
 }
 
 SCENARIOS = ("ceilings", "register", "heartbeat", "keepalive", "memory", "discover", "balanced",
-             "mixed", "watch", "expiry", "http")
+             "mixed", "watch", "expiry", "http", "cluster")
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 
 @dataclass
@@ -160,7 +161,10 @@ class Bench:
             self.addr = self.servers.address
             self.log(f"registry: {o.server_procs} `service-registry serve` process(es) on "
                      f"{self.addr}")
-        if self.redis_url:
+        if self.redis_url.startswith(CLUSTER_SCHEMES):
+            self.log("Redis Cluster: the Redis-side measurements (memory, Redis time per "
+                     "Discover, redis-benchmark) need a one-node --redis-url; skipped")
+        elif self.redis_url:
             self.redis = aioredis.Redis.from_url(self.redis_url, decode_responses=True,
                                                  socket_timeout=60)
             await self.redis.ping()

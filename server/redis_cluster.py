@@ -128,8 +128,8 @@ async def connect(target: RedisTarget, client: RedisCluster, readers: RedisClust
         raise StartupError(f"REDIS_URL: the Redis Cluster at {seeds} cannot be used: "
                            f"{_cause(exc)}") from None
     primaries = client.get_primaries()
-    log.info("redis cluster: %d primaries (%s), %d replicas", len(primaries),
-             ", ".join(sorted(n.name for n in primaries)), len(client.get_replicas()))
+    log.info("redis cluster: %d primaries (%s)", len(primaries),
+             ", ".join(sorted(n.name for n in primaries)))
 
 
 async def _initialize(client: RedisCluster, readers: RedisCluster) -> None:
