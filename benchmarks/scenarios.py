@@ -242,8 +242,7 @@ async def populate(bench, ns: str, count: int) -> float:
                         f["version"], "", 0]
                 for key, value in f["metadata"].items():
                     args += (key, value)
-                await scripts.register(keys=[k.log, k.deadlines, k.agent(name), k.lease(name)],
-                                       args=args, client=pipe)
+                await scripts.register(keys=k.agent_script_keys(name), args=args, client=pipe)
             await pipe.execute()
     return time.monotonic() - t0
 
@@ -288,10 +287,11 @@ async def ceilings(bench) -> None:
         name = "f0000000"
         sha = await bench.redis.script_load(server_scripts.source("heartbeat"))
         t = TELEMETRY
-        command = ["EVALSHA", sha, "5", k.log, k.deadlines, k.agent(name), k.lease(name),
-                   k.inbox(name), k.prefix, name, str(REGISTER_TIMEOUT_MS), str(LOG_MAX_EVENTS),
-                   "0", "1", repr(t.success_rate), repr(t.avg_duration_ms),
-                   str(t.total_executions), str(t.failed_executions), "0.5", "0.9", "", "16",
+        script_keys = k.agent_script_keys(name)
+        command = ["EVALSHA", sha, str(len(script_keys)), *script_keys, k.prefix, name,
+                   str(REGISTER_TIMEOUT_MS), str(LOG_MAX_EVENTS), "0", "1",
+                   repr(t.success_rate), repr(t.avg_duration_ms), str(t.total_executions),
+                   str(t.failed_executions), "0.5", "0.9", "", "16",
                    str(REGISTER_TIMEOUT_MS)]  # outage protection on, as the server runs it
         for pipeline, n in ((16, p.redis_bench_requests),
                             (1, max(p.redis_bench_requests // 4, 1000))):

@@ -1,8 +1,8 @@
 --[[ deregister: remove an agent and every index entry (also used for eviction).
-KEYS[1] log   KEYS[2] deadlines   KEYS[3] agent hash
-(KEYS[1], KEYS[3] are reached through ARGV[1] in agent.lua's helpers.)
-Derived inside from ARGV[1] and the stored record (hash tag {ns}: KEYS[1]'s slot): lease, inbox,
-health, counts, type and capability zsets, activity and outage keys.
+KEYS[1..6] the namespace's log, deadlines, health, counts, activity and outage keys
+(keys.SCRIPT_NAMESPACE_KEYS)   KEYS[7] agent hash   KEYS[8] lease   KEYS[9] inbox
+Derived inside from ARGV[1] and the stored record (hash tag {ns}: KEYS[1]'s slot): its type
+and capability zsets.
 ARGV[1] namespace prefix   ARGV[2] agent name   ARGV[3] log max length
 ARGV[4] event: "deregistered" or "evicted"   ARGV[5] reason (logged with evictions)
 ARGV[6] owner required ("" = any)
@@ -13,12 +13,13 @@ Errors: "PERMISSION_DENIED" when ARGV[6] is set and differs from the agent's own
 ]]
 --@include agent.lua
 local P, name, maxlen = ARGV[1], ARGV[2], ARGV[3]
-local rec = load_live(P, maxlen, name, now_ms())
+local N, A = namespace_keys(P), declared_agent_keys()
+local rec = load_live(N, A, maxlen, name, now_ms())
 if not rec then return 0 end
 if ARGV[6] ~= '' and rec[F.owner] ~= ARGV[6] then
   return redis.error_reply('PERMISSION_DENIED agent belongs to another token')
 end
 local ev = ARGV[4] == 'evicted' and EV.EVICTED or EV.DEREGISTERED
-remove_agent(P, maxlen, name, ev, ARGV[5])
-if redis.call('ZCARD', KEYS[2]) == 0 then return 2 end
+remove_agent(N, A, maxlen, name, ev, ARGV[5])
+if redis.call('ZCARD', N.deadlines) == 0 then return 2 end
 return 1

@@ -1,8 +1,8 @@
 --[[ heartbeat: refresh an agent's lease, store telemetry, hand out pending notifications.
-KEYS[1] log   KEYS[2] deadlines   KEYS[3] agent hash   KEYS[4] lease   KEYS[5] inbox
-(KEYS[1], KEYS[2], KEYS[4] are reached through ARGV[1] in agent.lua's helpers.)
-Derived inside from ARGV[1] and the record (hash tag {ns}: KEYS[1]'s slot): health, counts,
-capability zsets of the stored record, activity and outage keys.
+KEYS[1..6] the namespace's log, deadlines, health, counts, activity and outage keys
+(keys.SCRIPT_NAMESPACE_KEYS)   KEYS[7] agent hash   KEYS[8] lease   KEYS[9] inbox
+Derived inside from ARGV[1] and the record (hash tag {ns}: KEYS[1]'s slot): the capability
+zsets of the stored record (and its type zset when an expired agent is reaped here).
 ARGV[1] namespace prefix   ARGV[2] agent name   ARGV[3] heartbeat timeout ms
 ARGV[4] log max length     ARGV[5] reported status (0 = derive from telemetry)
 ARGV[6] has telemetry (1/0)  ARGV[7] success_rate  ARGV[8] avg_duration_ms
@@ -21,6 +21,7 @@ Errors (each before any write): "INVALID_ARGUMENT" for an ack id Redis would ref
 ]]
 --@include agent.lua
 local P, name, timeout_ms, maxlen = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local N, A = namespace_keys(P), declared_agent_keys()
 for i = 16, #ARGV do
   if not valid_stream_id(ARGV[i]) then
     return redis.error_reply('INVALID_ARGUMENT ack_notification_ids: ' ..
@@ -28,13 +29,13 @@ for i = 16, #ARGV do
   end
 end
 local now = now_ms()
-local outage = detect_outage(P, now, tonumber(ARGV[15]))
-local old = load_live(P, maxlen, name, now, outage or recorded_outage(P))
+local outage = detect_outage(N, now, tonumber(ARGV[15]))
+local old = load_live(N, A, maxlen, name, now, outage or recorded_outage(N))
 if not old then return redis.error_reply('NOT_FOUND agent is not registered or has expired') end
 if ARGV[13] ~= '' and old[F.owner] ~= ARGV[13] then
   return redis.error_reply('PERMISSION_DENIED agent belongs to another token')
 end
-record_activity(P, maxlen, now, outage)
+record_activity(N, maxlen, now, outage)
 
 local rec = {}
 for k, v in pairs(old) do rec[k] = v end
@@ -52,8 +53,8 @@ if status == 0 and ARGV[6] == '1' then
 end
 if status ~= 0 then rec[F.status] = tostring(status) end
 
-local deadline = set_lease(P, name, rec, now, timeout_ms)
-local changed = {'HSET', KEYS[3], F.status, rec[F.status], F.last_heartbeat, rec[F.last_heartbeat],
+local deadline = set_lease(N, A, name, rec, now, timeout_ms)
+local changed = {'HSET', A.agent, F.status, rec[F.status], F.last_heartbeat, rec[F.last_heartbeat],
                  F.deadline, rec[F.deadline]}
 if ARGV[6] == '1' then
   for _, f in ipairs({F.success_rate, F.avg_duration_ms, F.total_executions, F.failed_executions}) do
@@ -61,15 +62,15 @@ if ARGV[6] == '1' then
   end
 end
 redis.call(unpack(changed))
-if rec[F.moved] then redis.call('HDEL', KEYS[3], F.moved) end  -- it lives: a new lease
-index_rescore(P, name, old, rec)
+if rec[F.moved] then redis.call('HDEL', A.agent, F.moved) end  -- it lives: a new lease
+index_rescore(N, name, old, rec)
 if old[F.status] ~= rec[F.status] then
-  append_event(P, maxlen, EV.STATUS_CHANGED, name, rec, '', {EF.was, old[F.status]})
+  append_event(N, maxlen, EV.STATUS_CHANGED, name, rec, '', {EF.was, old[F.status]})
 end
 
-if #ARGV >= 16 then redis.call('XDEL', KEYS[5], unpack(ARGV, 16, #ARGV)) end
+if #ARGV >= 16 then redis.call('XDEL', A.inbox, unpack(ARGV, 16, #ARGV)) end
 local reply = {tonumber(rec[F.status]), deadline}
-local pending = redis.call('XRANGE', KEYS[5], '-', '+', 'COUNT', tonumber(ARGV[14]))
+local pending = redis.call('XRANGE', A.inbox, '-', '+', 'COUNT', tonumber(ARGV[14]))
 for _, entry in ipairs(pending) do
   local n = to_map(entry[2])
   reply[#reply + 1] = {entry[1], n[IF.kind], n[IF.payload]}

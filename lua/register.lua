@@ -1,8 +1,9 @@
 --[[ register: create or replace an agent and index it.
-KEYS[1] log   KEYS[2] deadlines   KEYS[3] agent hash   KEYS[4] lease
-(KEYS[1], KEYS[4] are reached through ARGV[1] in agent.lua's helpers; still to be passed down.)
-Derived inside from ARGV[1] and the records (hash tag {ns}: KEYS[1]'s slot): health, counts,
-type and capability zsets (old and new record), activity and outage keys, inbox (on reap).
+KEYS[1..6] the namespace's log, deadlines, health, counts, activity and outage keys
+(keys.SCRIPT_NAMESPACE_KEYS)   KEYS[7] agent hash   KEYS[8] lease   KEYS[9] inbox (reaping an
+expired agent of the same name empties it)
+Derived inside from ARGV[1] and the records (hash tag {ns}: KEYS[1]'s slot): the type and
+capability zsets of the old and the new record.
 ARGV[1] namespace prefix   ARGV[2] agent name   ARGV[3] heartbeat timeout ms
 ARGV[4] log max length     ARGV[5] agent type   ARGV[6] status   ARGV[7] capabilities, comma-joined, sorted
 ARGV[8] endpoint     ARGV[9] cluster  ARGV[10] version
@@ -24,6 +25,7 @@ another owner.
 ]]
 --@include agent.lua
 local P, name, timeout_ms, maxlen = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local N, A = namespace_keys(P), declared_agent_keys()
 local now = now_ms()
 
 -- Empty text and telemetry before the first heartbeat are left out: a smaller hash.
@@ -48,18 +50,18 @@ local function same_identity(a, b)
   return true
 end
 
-local outage = detect_outage(P, now, tonumber(ARGV[12]))
-local old = load_live(P, maxlen, name, now, outage or recorded_outage(P))
+local outage = detect_outage(N, now, tonumber(ARGV[12]))
+local old = load_live(N, A, maxlen, name, now, outage or recorded_outage(N))
 
 if old and ARGV[11] ~= '' and (old[F.owner] or '') ~= ARGV[11] then
   return redis.error_reply('PERMISSION_DENIED agent belongs to another token')
 end
 if old and ARGV[11] == '' then rec[F.owner] = old[F.owner] end
-record_activity(P, maxlen, now, outage)
+record_activity(N, maxlen, now, outage)
 
-local key = KEYS[3]
+local key = A.agent
 if old and same_identity(rec, old) and same_identity(old, rec) then
-  set_lease(P, name, old, now, timeout_ms)
+  set_lease(N, A, name, old, now, timeout_ms)
   redis.call('HSET', key, F.last_heartbeat, old[F.last_heartbeat], F.deadline, old[F.deadline])
   if old[F.moved] then redis.call('HDEL', key, F.moved) end
   return {'unchanged', to_flat(old), 0}
@@ -74,13 +76,13 @@ if old then
   extra = {EF.old, cjson.encode(was)}
   ev = EV.UPDATED
   rec[F.registered_at] = old[F.registered_at]
-  index_remove(P, name, old)
+  index_remove(N, name, old)
   redis.call('DEL', key)
 end
-local earliest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local earliest = redis.call('ZRANGE', N.deadlines, 0, 0, 'WITHSCORES')
 local first = #earliest == 0 or tonumber(earliest[2]) > now + timeout_ms
-set_lease(P, name, rec, now, timeout_ms)
+set_lease(N, A, name, rec, now, timeout_ms)
 redis.call('HSET', key, unpack(to_flat(rec)))
-index_add(P, name, rec)
-append_event(P, maxlen, ev, name, rec, '', extra)
+index_add(N, name, rec)
+append_event(N, maxlen, ev, name, rec, '', extra)
 return {ev == EV.REGISTERED and 'registered' or 'updated', to_flat(rec), first and 1 or 0}

@@ -1,9 +1,11 @@
 """Every Redis key and agent-hash field name, in one place.
 
 All keys of a namespace share the hash tag ``{<namespace>}`` so each script touches one slot and
-runs unchanged on Redis Cluster. Scripts receive the namespace prefix and build the per-agent and
-per-capability keys from the suffixes below, which the script loader injects into every script
-(see ``lua_header``): the layout is spelled only here.
+runs unchanged on Redis Cluster. A writing script is given its keys in KEYS, in the order of
+SCRIPT_NAMESPACE_KEYS and SCRIPT_AGENT_KEYS; it builds from the namespace prefix only the keys
+it alone can name (capability and type zsets of a stored record, agents found in an index). The
+script loader injects the suffixes and positions below into every script (see ``lua_header``):
+the layout is spelled only here.
 """
 from __future__ import annotations
 
@@ -73,34 +75,33 @@ EVENT_FIELDS = {
 }
 
 
+# What a writing script declares in KEYS, in this order: the namespace's keys, then (for a
+# script about one agent) that agent's. The loader injects the positions (NK, AK) into the Lua.
+SCRIPT_NAMESPACE_KEYS = ("log", "deadlines", "health", "counts", "active", "gap")
+SCRIPT_AGENT_KEYS = ("agent", "lease", "inbox")
+
+
+# Suffix of each namespace-wide key, by the name NamespaceKeys gives it.
+NAMESPACE_SUFFIXES = {"log": LOG, "deadlines": DEADLINES, "health": HEALTH, "counts": COUNTS,
+                      "active": ACTIVE, "gap": GAP}
+
+
 @dataclass(frozen=True)
 class NamespaceKeys:
+    """One namespace's keys, built once (namespace() caches them): the hot paths read fields."""
     namespace: str
     prefix: str
+    log: str
+    deadlines: str
+    health: str
+    counts: str
+    active: str
+    gap: str
+    script_keys: tuple[str, ...]   # KEYS[1..6] of a writing script (SCRIPT_NAMESPACE_KEYS)
 
-    @property
-    def log(self) -> str:
-        return self.prefix + LOG
-
-    @property
-    def deadlines(self) -> str:
-        return self.prefix + DEADLINES
-
-    @property
-    def health(self) -> str:
-        return self.prefix + HEALTH
-
-    @property
-    def active(self) -> str:
-        return self.prefix + ACTIVE
-
-    @property
-    def gap(self) -> str:
-        return self.prefix + GAP
-
-    @property
-    def counts(self) -> str:
-        return self.prefix + COUNTS
+    def agent_script_keys(self, name: str) -> list[str]:
+        """KEYS of a script about agent `name`: the namespace's, then the agent's."""
+        return [*self.script_keys, self.agent(name), self.lease(name), self.inbox(name)]
 
     def agent(self, name: str) -> str:
         return self.prefix + AGENT + name
@@ -120,7 +121,10 @@ class NamespaceKeys:
 
 @lru_cache(maxsize=4096)
 def namespace(ns: str) -> NamespaceKeys:
-    return NamespaceKeys(ns, f"{ROOT}:{{{ns}}}:")
+    prefix = f"{ROOT}:{{{ns}}}:"
+    named = {name: prefix + suffix for name, suffix in NAMESPACE_SUFFIXES.items()}
+    return NamespaceKeys(ns, prefix, **named,
+                         script_keys=tuple(named[name] for name in SCRIPT_NAMESPACE_KEYS))
 
 
 def type_count(agent_type: int) -> str:
@@ -164,4 +168,8 @@ def lua_header() -> str:
     f = ", ".join(f"{name}='{v}'" for name, v in FIELDS.items())
     e = ", ".join(f"{name}='{v}'" for name, v in EVENT_FIELDS.items())
     i = ", ".join(f"{name}='{v}'" for name, v in INBOX_FIELDS.items())
-    return f"local K = {{{k}}}\nlocal F = {{{f}}}\nlocal EF = {{{e}}}\nlocal IF = {{{i}}}\n"
+    nk = ", ".join(f"{name}={i}" for i, name in enumerate(SCRIPT_NAMESPACE_KEYS, 1))
+    ak = ", ".join(f"{name}={i}" for i, name in
+                   enumerate(SCRIPT_AGENT_KEYS, len(SCRIPT_NAMESPACE_KEYS) + 1))
+    return (f"local K = {{{k}}}\nlocal F = {{{f}}}\nlocal EF = {{{e}}}\nlocal IF = {{{i}}}\n"
+            f"local NK = {{{nk}}}\nlocal AK = {{{ak}}}\n")

@@ -92,7 +92,7 @@ class RegistryStore:
         if spec.card_json:
             args += (AGENT_CARD_ARG, spec.card_json)
         _, flat, first = await self.scripts.register(
-            keys=[k.log, k.deadlines, k.agent(name), k.lease(name)], args=args)
+            keys=k.agent_script_keys(name), args=args)
         agent = convert.from_flat(ref.namespace, name, flat)
         if first:  # the namespace's first or soonest lease: keys in other slots, after it
             await self.store.agent_created(ref.namespace, agent.expires_at_unix_ms)
@@ -101,7 +101,7 @@ class RegistryStore:
     def _heartbeat_command(self, beat: Beat, owner: str):
         k, name = keys.namespace(beat.ref.namespace), beat.ref.name
         measured = beat.telemetry
-        return ((k.log, k.deadlines, k.agent(name), k.lease(name), k.inbox(name)),
+        return (k.agent_script_keys(name),
                 (k.prefix, name, self._timeout, self._maxlen, beat.status,
                  "0" if measured is None else "1", *(measured or NO_TELEMETRY), *self._thresholds,
                  owner, MAX_NOTIFICATIONS_PER_HEARTBEAT, self._quiet, *beat.acks))
@@ -146,7 +146,7 @@ class RegistryStore:
     def _deregister_call(self, ref: AgentRef, event: str, reason: str, owner: str, client):
         k, name = keys.namespace(ref.namespace), ref.name
         return self.scripts.deregister(
-            keys=[k.log, k.deadlines, k.agent(name)],
+            keys=k.agent_script_keys(name),
             args=[k.prefix, name, self._maxlen, event, reason, owner], client=client)
 
     async def deregister(self, ref: AgentRef, owner: str) -> bool:
@@ -173,7 +173,7 @@ class RegistryStore:
     async def notify(self, ref: AgentRef, kind: str, payload: str) -> str:
         k, name = keys.namespace(ref.namespace), ref.name
         return await self.scripts.notify(
-            keys=[k.log, k.agent(name), k.inbox(name)],
+            keys=k.agent_script_keys(name),
             args=[k.prefix, name, self._maxlen, kind, payload, self._inbox_capacity])
 
     # -- reads ------------------------------------------------------------------------------
@@ -260,7 +260,8 @@ class RegistryStore:
         """Reaps up to `limit` agents past their deadline (only `name`, if given)."""
         k = keys.namespace(ns)
         return Reaped(*(int(x) for x in await self.scripts.reap(
-            keys=[k.log, k.deadlines], args=[k.prefix, self._maxlen, limit, name, self._quiet])))
+            keys=k.agent_script_keys(name) if name else k.script_keys,
+            args=[k.prefix, self._maxlen, limit, name, self._quiet])))
 
     async def due(self, limit: int) -> list[str]:
         """Up to `limit` namespaces whose earliest deadline has come, by Redis's clock."""

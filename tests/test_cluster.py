@@ -75,12 +75,12 @@ async def test_every_script_runs_on_redis_cluster(cluster):
         for ns in spaces:
             k = keys.namespace(ns)
             reply = await scripts.register(
-                keys=[k.log, k.deadlines, k.agent("w1"), k.lease("w1")],
+                keys=k.agent_script_keys("w1"),
                 args=[k.prefix, "w1", 60000, 1000, 1, 1, "py,tf", "e:1", "", "", "", 0, "zone",
                       "eu"])
             assert reply[0] == "registered"
             beat = await scripts.heartbeat(
-                keys=[k.log, k.deadlines, k.agent("w1"), k.lease("w1"), k.inbox("w1")],
+                keys=k.agent_script_keys("w1"),
                 args=[k.prefix, "w1", 60000, 1000, 3, 0, 0, 0, 0, 0, 0.5, 0.9, "", 16, 60000])
             assert beat[0] == 3
             found = await scripts.discover(keys=[k.capability("py"), k.capability("tf")],
@@ -93,12 +93,12 @@ async def test_every_script_runs_on_redis_cluster(cluster):
                                           args=[k.prefix, "", 10, "[]"])
             assert with_cap[2] == "w1"
             assert await scripts.get(keys=[k.agent("w1")])
-            assert await scripts.notify(keys=[k.log, k.agent("w1"), k.inbox("w1")],
+            assert await scripts.notify(keys=k.agent_script_keys("w1"),
                                         args=[k.prefix, "w1", 1000, "kind", "payload", 10])
             assert (await scripts.stats(keys=[k.counts, k.health, k.log]))[0] == 1
-            assert (await scripts.reap(keys=[k.log, k.deadlines],
+            assert (await scripts.reap(keys=k.script_keys,
                                        args=[k.prefix, 1000, 100, "", 60000]))[0] == 0
-            assert await scripts.deregister(keys=[k.log, k.deadlines, k.agent("w1")],
+            assert await scripts.deregister(keys=k.agent_script_keys("w1"),
                                             args=[k.prefix, "w1", 1000, "evicted", "x",
                                                   ""]) == 2  # the last
         assert await scripts.due(keys=[keys.DUE], args=[10]) is not None

@@ -78,6 +78,14 @@ def keepalive_tasks() -> list[str]:
             if t.get_name().startswith("keepalive")]
 
 
+@pytest.fixture
+async def client(registry):
+    """A client of the test's registry, closed after the test."""
+    c = registry.new_client()
+    yield c
+    await c.close()
+
+
 @pytest.fixture(params=["batch", "stream"])
 def transport(request) -> str:
     return request.param
@@ -103,10 +111,9 @@ async def test_keep_alive_renews_the_lease_with_fresh_telemetry(registry, transp
 
 
 @pytest.mark.settings(heartbeat_timeout=1.5)
-async def test_interval_is_a_third_of_the_heartbeat_timeout_with_jitter(registry):
+async def test_interval_is_a_third_of_the_heartbeat_timeout_with_jitter(registry, client):
     """Default interval from the server's heartbeat_timeout_ms; each beat comes 85-100% of it
     after the last, drawn per call, so processes started together drift apart."""
-    client = registry.new_client()
     ka = await client.keep_alive(new_agent())
     assert ka.interval == pytest.approx(0.5)
     loop = asyncio.get_running_loop()
@@ -116,17 +123,15 @@ async def test_interval_is_a_third_of_the_heartbeat_timeout_with_jitter(registry
         gaps.append(ka.next_due - loop.time())
     assert all(0.4 <= gap <= 0.5 for gap in gaps), gaps
     assert len(set(gaps)) == 3
-    await client.close()
 
 
-async def test_agents_of_one_client_share_a_few_batch_calls(registry):
+async def test_agents_of_one_client_share_a_few_batch_calls(registry, client):
     """200 agents: each tick is one HeartbeatBatch call (chunks of 250), never a unary call per
     agent."""
     def count(operation: str) -> float:
         return REGISTRY.get_sample_value("service_registry_latency_seconds_count",
                                          {"operation": operation, "outcome": "ok"}) or 0.0
 
-    client = registry.new_client()
     agents = [new_agent(namespace="ka-share") for _ in range(200)]
     for agent in agents:
         await client.register_agent(agent)
@@ -140,11 +145,9 @@ async def test_agents_of_one_client_share_a_few_batch_calls(registry):
     calls = count("heartbeat_batch") - batch
     assert count("heartbeat") == unary
     assert beats >= 800 and calls <= beats / 50, (beats, calls)
-    await client.close()
 
 
-async def test_a_failing_telemetry_callable_still_renews_the_lease(registry):
-    client = registry.new_client()
+async def test_a_failing_telemetry_callable_still_renews_the_lease(registry, client):
     calls = []
 
     def telemetry() -> HealthStatus:
@@ -161,12 +164,10 @@ async def test_a_failing_telemetry_callable_still_renews_the_lease(registry):
     assert ka.expires_at_unix_ms > before and ka.failures == 0
     seen = await client.get_agent(agent.agent_id)
     assert seen.status == "degraded" and seen.telemetry["success_rate"] == 0.7  # kept
-    await client.close()
 
 
 @integration
-async def test_update_health_beats_now_and_changes_what_later_beats_send(registry):
-    client = registry.new_client()
+async def test_update_health_beats_now_and_changes_what_later_beats_send(registry, client):
     agent = new_agent()
     ka = await client.keep_alive(agent, telemetry=health(0.99), interval=0.2)
     result = await client.update_health(agent.agent_id, health(0.3))
@@ -175,14 +176,12 @@ async def test_update_health_beats_now_and_changes_what_later_beats_send(registr
         await ka.next_beat()
     seen = await client.get_agent(agent.agent_id)
     assert seen.status == "unhealthy" and seen.telemetry["success_rate"] == 0.3
-    await client.close()
 
 
 # -- notifications ----------------------------------------------------------------------------
 
 @integration
-async def test_notifications_reach_the_callback_once_and_are_acknowledged(registry):
-    client = registry.new_client()
+async def test_notifications_reach_the_callback_once_and_are_acknowledged(registry, client):
     got: list[pb.Notification] = []
     agent = new_agent()
     ka = await client.keep_alive(agent, interval=0.1, on_notification=got.append)
@@ -194,12 +193,10 @@ async def test_notifications_reach_the_callback_once_and_are_acknowledged(regist
     assert [n.payload for n in got] == ["0", "1", "2"]
     await ka.stop()
     await assert_inbox_empty(registry, agent.agent_id)
-    await client.close()
 
 
 @integration
-async def test_notifications_as_an_async_iterator(registry):
-    client = registry.new_client()
+async def test_notifications_as_an_async_iterator(registry, client):
     agent = new_agent()
     ka = await client.keep_alive(agent, interval=0.1)
     nid = await client.notify_agent(agent.agent_id, "reload", "{}")
@@ -210,11 +207,9 @@ async def test_notifications_as_an_async_iterator(registry):
     await ka.next_beat()
     await ka.stop()
     await assert_inbox_empty(registry, agent.agent_id)
-    await client.close()
 
 
-async def test_a_failing_callback_gets_the_notification_again(registry):
-    client = registry.new_client()
+async def test_a_failing_callback_gets_the_notification_again(registry, client):
     calls: list[str] = []
 
     def handler(n: pb.Notification) -> None:
@@ -227,7 +222,6 @@ async def test_a_failing_callback_gets_the_notification_again(registry):
     nid = await client.notify_agent(agent.agent_id, "job", "x")
     await until(ka, lambda: len(calls) >= 2)
     assert calls == [nid, nid]
-    await client.close()
 
 
 # -- agents found gone ------------------------------------------------------------------------
@@ -254,8 +248,7 @@ async def test_evicted_agent_is_told_the_reason_then_registered_again(registry, 
 
 
 @integration
-async def test_evicted_agent_can_stay_evicted(registry):
-    client = registry.new_client()
+async def test_evicted_agent_can_stay_evicted(registry, client):
     agent = new_agent()
     ka = await client.keep_alive(agent, interval=0.1, reregister_evicted=False)
     await client.evict_agents([agent.agent_id], reason="decommissioned")
@@ -264,24 +257,20 @@ async def test_evicted_agent_can_stay_evicted(registry):
     assert info.value.lost.reason == "decommissioned" and "decommissioned" in str(info.value)
     assert await client.get_agent(agent.agent_id) is None
     assert keepalive_tasks() == []
-    await client.close()
 
 
 @pytest.mark.settings(heartbeat_timeout=0.4)
-async def test_expired_agent_is_registered_again(registry):
+async def test_expired_agent_is_registered_again(registry, client):
     """A beat that comes too late (interval over the timeout) finds the agent expired."""
-    client = registry.new_client()
     agent = new_agent()
     ka = await client.keep_alive(agent, interval=0.7)
     await until(ka, lambda: ka.reregistrations >= 1)
     assert ka.lost[0].cause == "expired"
     result = await ka.next_beat()  # the beat right after the registration
     assert result.reregistered and result.status == "healthy"
-    await client.close()
 
 
-async def test_store_reset_registers_the_agents_again(registry):
-    client = registry.new_client()
+async def test_store_reset_registers_the_agents_again(registry, client):
     agents = [new_agent(namespace="ka-reset") for _ in range(3)]
     handles = [await client.keep_alive(a, interval=0.1) for a in agents]
     await registry.redis.flushall()
@@ -290,7 +279,6 @@ async def test_store_reset_registers_the_agents_again(registry):
         assert ka.lost[0].cause == "unknown"
     for agent in agents:
         assert (await client.get_agent(agent.agent_id)).endpoint == "w:1"
-    await client.close()
 
 
 @integration
@@ -307,39 +295,33 @@ async def test_deregistered_elsewhere_ends_the_keep_alive(registry):
 
 
 @integration
-async def test_deregister_agent_stops_its_keep_alive(registry):
-    client = registry.new_client()
+async def test_deregister_agent_stops_its_keep_alive(registry, client):
     agent = new_agent()
     ka = await client.keep_alive(agent, interval=0.05)
     assert await client.deregister_agent(agent.agent_id)
     assert ka.done and keepalive_tasks() == []
     assert await client.get_agent(agent.agent_id) is None
-    await client.close()
 
 
 @integration
-async def test_keep_alive_of_an_unknown_id_fails(registry):
-    client = registry.new_client()
+async def test_keep_alive_of_an_unknown_id_fails(registry, client):
     with pytest.raises(RegistryError) as info:
         await client.keep_alive("ka-none/ghost", interval=0.1)
     assert info.value.code == grpc.StatusCode.NOT_FOUND
     with pytest.raises(ValueError):
         client.keep_alive(new_agent(), interval=0)
-    await client.close()
 
 
 # -- stopping ---------------------------------------------------------------------------------
 
 @integration
-async def test_context_manager_stops_and_deregisters(registry):
-    client = registry.new_client()
+async def test_context_manager_stops_and_deregisters(registry, client):
     agent = new_agent()
     async with client.keep_alive(agent, interval=0.05, deregister=True) as ka:
         await ka.next_beat()
         assert await client.get_agent(agent.agent_id) is not None
     assert ka.done and keepalive_tasks() == []
     assert await client.get_agent(agent.agent_id) is None
-    await client.close()
 
 
 @integration
@@ -353,14 +335,12 @@ async def test_closing_the_client_while_a_keep_alive_starts(registry):
 
 
 @integration
-async def test_keep_alive_by_id_of_an_agent_registered_before(registry):
-    client = registry.new_client()
+async def test_keep_alive_by_id_of_an_agent_registered_before(registry, client):
     agent = new_agent()
     aid = await registry.client.register_agent(agent)  # another client registered it
     ka = await client.keep_alive(aid, telemetry=health(0.95), interval=0.1)
     await ka.stop(deregister=True)
     assert await client.get_agent(aid) is None
-    await client.close()
 
 
 def test_stopping_leaves_no_pending_task(tmp_path):

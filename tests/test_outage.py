@@ -102,7 +102,7 @@ async def test_a_lease_expiry_event_on_return_moves_the_deadline_too(redis_proc)
         k = keys.namespace("default")
         quiet = outage_quiet_ms(settings_with(**SETTINGS))
         reaped, moved, *_ = await Scripts(redis).reap(
-            keys=[k.log, k.deadlines], args=[k.prefix, 100000, 200, "a05", quiet])
+            keys=k.agent_script_keys("a05"), args=[k.prefix, 100000, 200, "a05", quiet])
         assert (reaped, moved) == (0, 1)
         assert await redis.pttl(k.lease("a05")) > 0  # a new lease key for the moved deadline
     finally:

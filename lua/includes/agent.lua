@@ -2,8 +2,28 @@
 -- K (key suffixes and count fields), F (agent hash fields), EF (change-log fields) and IF
 -- (inbox fields) come from server/keys.py, EV (event types) and ST (statuses) from the proto,
 -- all prepended by the script loader (server/scripts.py).
+-- A writing script declares its keys (NK, AK: positions from keys.py) and the helpers take
+-- them as N (the namespace's keys, and its prefix N.P for keys only the script can derive:
+-- capability and type zsets named in a record, agents found in an index) and A (one agent's).
 -- P is always the namespace prefix "sr:{<namespace>}:".
 local unpack = unpack or table.unpack  -- Lua 5.1 (Redis) and 5.4 (embedded lupa)
+
+local function namespace_keys(P)
+  local N = {P = P}
+  for name, i in pairs(NK) do N[name] = KEYS[i] end
+  return N
+end
+
+-- The agent a script is about, as declared in KEYS.
+local function declared_agent_keys()
+  return {agent = KEYS[AK.agent], lease = KEYS[AK.lease], inbox = KEYS[AK.inbox]}
+end
+
+-- An agent found in an index (reap.lua): its keys, derived from the prefix.
+local function derived_agent_keys(N, name)
+  return {agent = N.P .. K.AGENT .. name, lease = N.P .. K.LEASE .. name,
+          inbox = N.P .. K.INBOX .. name}
+end
 
 local HEALTHY, UNHEALTHY, DEGRADED = ST.HEALTHY, ST.UNHEALTHY, ST.DEGRADED
 -- Order of statuses in results: HEALTHY, DEGRADED, UNHEALTHY, unknown.
@@ -61,57 +81,57 @@ local function health_score(rec)
 end
 
 -- Adds the agent to the health, capability and type indexes and the per-namespace counts.
-local function index_add(P, name, rec)
+local function index_add(N, name, rec)
   local score = health_score(rec)
-  redis.call('ZADD', P .. K.HEALTH, score, name)
+  redis.call('ZADD', N.health, score, name)
   each_capability(rec[F.capabilities], function(cap)
-    redis.call('ZADD', P .. K.CAPABILITY .. cap, score, name)
+    redis.call('ZADD', N.P .. K.CAPABILITY .. cap, score, name)
   end)
-  redis.call('ZADD', P .. K.TYPE .. rec[F.agent_type], 0, name)
-  redis.call('HINCRBY', P .. K.COUNTS, K.TYPE_COUNT .. rec[F.agent_type], 1)
-  redis.call('HINCRBY', P .. K.COUNTS, K.STATUS_COUNT .. rec[F.status], 1)
+  redis.call('ZADD', N.P .. K.TYPE .. rec[F.agent_type], 0, name)
+  redis.call('HINCRBY', N.counts, K.TYPE_COUNT .. rec[F.agent_type], 1)
+  redis.call('HINCRBY', N.counts, K.STATUS_COUNT .. rec[F.status], 1)
 end
 
-local function index_remove(P, name, rec)
-  redis.call('ZREM', P .. K.HEALTH, name)
-  redis.call('ZREM', P .. K.DEADLINES, name)
+local function index_remove(N, name, rec)
+  redis.call('ZREM', N.health, name)
+  redis.call('ZREM', N.deadlines, name)
   each_capability(rec[F.capabilities], function(cap)
-    redis.call('ZREM', P .. K.CAPABILITY .. cap, name)
+    redis.call('ZREM', N.P .. K.CAPABILITY .. cap, name)
   end)
-  redis.call('ZREM', P .. K.TYPE .. rec[F.agent_type], name)
-  redis.call('HINCRBY', P .. K.COUNTS, K.TYPE_COUNT .. rec[F.agent_type], -1)
-  redis.call('HINCRBY', P .. K.COUNTS, K.STATUS_COUNT .. rec[F.status], -1)
+  redis.call('ZREM', N.P .. K.TYPE .. rec[F.agent_type], name)
+  redis.call('HINCRBY', N.counts, K.TYPE_COUNT .. rec[F.agent_type], -1)
+  redis.call('HINCRBY', N.counts, K.STATUS_COUNT .. rec[F.status], -1)
 end
 
 -- Re-scores an agent whose status or telemetry changed (same capabilities and type).
-local function index_rescore(P, name, old, new)
+local function index_rescore(N, name, old, new)
   local before, after = health_score(old), health_score(new)
   if before ~= after then
-    redis.call('ZADD', P .. K.HEALTH, after, name)
+    redis.call('ZADD', N.health, after, name)
     each_capability(new[F.capabilities], function(cap)
-      redis.call('ZADD', P .. K.CAPABILITY .. cap, after, name)
+      redis.call('ZADD', N.P .. K.CAPABILITY .. cap, after, name)
     end)
   end
   if old[F.status] ~= new[F.status] then
-    redis.call('HINCRBY', P .. K.COUNTS, K.STATUS_COUNT .. old[F.status], -1)
-    redis.call('HINCRBY', P .. K.COUNTS, K.STATUS_COUNT .. new[F.status], 1)
+    redis.call('HINCRBY', N.counts, K.STATUS_COUNT .. old[F.status], -1)
+    redis.call('HINCRBY', N.counts, K.STATUS_COUNT .. new[F.status], 1)
   end
 end
 
 -- The lease key expires at the deadline itself (PXAT, not PX): Redis dates a relative TTL from
 -- the script's start, which can be a millisecond before TIME, and an `expired` event arriving
 -- before the deadline would be ignored by reap.lua and left to the sweeper.
-local function expire_lease_at(P, name, deadline, now)
-  redis.call('SET', P .. K.LEASE .. name, '1', 'PXAT', math.max(deadline, now + 1))
+local function expire_lease_at(A, deadline, now)
+  redis.call('SET', A.lease, '1', 'PXAT', math.max(deadline, now + 1))
 end
 
 -- Refreshes the lease: deadline field, the sweeper's sorted set and the expiring lease key.
-local function set_lease(P, name, rec, now, timeout_ms)
+local function set_lease(N, A, name, rec, now, timeout_ms)
   local deadline = now + timeout_ms
   rec[F.last_heartbeat] = tostring(now)
   rec[F.deadline] = tostring(deadline)
-  redis.call('ZADD', P .. K.DEADLINES, deadline, name)
-  expire_lease_at(P, name, deadline, now)
+  redis.call('ZADD', N.deadlines, deadline, name)
+  expire_lease_at(A, deadline, now)
   return deadline
 end
 
@@ -121,8 +141,8 @@ end
 -- and removal; a watcher keeps it from the earlier event). `extra` holds more
 -- event fields: the previous status or record, so a watcher whose selector the agent leaves
 -- still hears of it.
-local function append_event(P, maxlen, ev, name, rec, reason, extra)
-  local args = {'XADD', P .. K.LOG, 'MAXLEN', '~', maxlen, '*', EF.type, ev, EF.agent, name}
+local function append_event(N, maxlen, ev, name, rec, reason, extra)
+  local args = {'XADD', N.log, 'MAXLEN', '~', maxlen, '*', EF.type, ev, EF.agent, name}
   if reason and reason ~= '' then args[#args + 1] = EF.reason; args[#args + 1] = reason end
   for _, v in ipairs(extra or {}) do args[#args + 1] = v end
   local card = ev == EV.REGISTERED or ev == EV.UPDATED
@@ -143,26 +163,26 @@ end
 -- sweeper visits every namespace with agents at least every half timeout). A silence longer
 -- than `quiet_ms` means no registry process ran: an outage {s, e}. quiet_ms 0 = protection off.
 -- Read-only, so a script can decide before its first write.
-local function detect_outage(P, now, quiet_ms)
-  local last = tonumber(redis.call('GET', P .. K.ACTIVE))
+local function detect_outage(N, now, quiet_ms)
+  local last = tonumber(redis.call('GET', N.active))
   if quiet_ms > 0 and last and now - last > quiet_ms then return {last, now} end
   return nil
 end
 
-local function recorded_outage(P)
-  local g = redis.call('HMGET', P .. K.GAP, 's', 'e')
+local function recorded_outage(N)
+  local g = redis.call('HMGET', N.gap, 's', 'e')
   if g[1] and g[2] then return {tonumber(g[1]), tonumber(g[2])} end
   return nil
 end
 
 -- Marks the registry active now; an outage just detected is recorded, once, and logged as a
 -- PROGRESS event whose reason says what happened.
-local function record_activity(P, maxlen, now, detected)
-  redis.call('SET', P .. K.ACTIVE, now)
+local function record_activity(N, maxlen, now, detected)
+  redis.call('SET', N.active, now)
   if not detected then return end
   local gap = detected[2] - detected[1]
-  redis.call('HSET', P .. K.GAP, 's', detected[1], 'e', detected[2])
-  redis.call('XADD', P .. K.LOG, 'MAXLEN', '~', maxlen, '*', EF.type, EV.PROGRESS, EF.agent, '',
+  redis.call('HSET', N.gap, 's', detected[1], 'e', detected[2])
+  redis.call('XADD', N.log, 'MAXLEN', '~', maxlen, '*', EF.type, EV.PROGRESS, EF.agent, '',
     EF.reason, string.format('registry outage: no registry process worked in this namespace '
       .. 'for %.1f s; lease deadlines that fell inside it move forward by %.1f s, once',
       gap / 1000, gap / 1000))
@@ -177,28 +197,28 @@ local function outage_shift(rec, outage)
   return 0
 end
 
-local function move_deadline(P, name, rec, shift, now)
+local function move_deadline(N, A, name, rec, shift, now)
   local deadline = tonumber(rec[F.deadline]) + shift
   rec[F.deadline], rec[F.moved] = tostring(deadline), '1'
-  redis.call('HSET', P .. K.AGENT .. name, F.deadline, rec[F.deadline], F.moved, '1')
-  redis.call('ZADD', P .. K.DEADLINES, deadline, name)
-  expire_lease_at(P, name, deadline, now)
+  redis.call('HSET', A.agent, F.deadline, rec[F.deadline], F.moved, '1')
+  redis.call('ZADD', N.deadlines, deadline, name)
+  expire_lease_at(A, deadline, now)
 end
 
 -- Removes an agent, its lease, inbox and index entries, and logs `ev`. False if it was absent.
-local function remove_agent(P, maxlen, name, ev, reason)
-  local flat = redis.call('HGETALL', P .. K.AGENT .. name)
+local function remove_agent(N, A, maxlen, name, ev, reason)
+  local flat = redis.call('HGETALL', A.agent)
   if #flat == 0 then
-    redis.call('ZREM', P .. K.DEADLINES, name)
+    redis.call('ZREM', N.deadlines, name)
     return false
   end
   local rec = to_map(flat)
-  index_remove(P, name, rec)
-  redis.call('DEL', P .. K.AGENT .. name, P .. K.LEASE .. name, P .. K.INBOX .. name)
-  if redis.call('ZCARD', P .. K.DEADLINES) == 0 then
-    redis.call('DEL', P .. K.ACTIVE, P .. K.GAP)  -- the last agent: no outage state stays
+  index_remove(N, name, rec)
+  redis.call('DEL', A.agent, A.lease, A.inbox)
+  if redis.call('ZCARD', N.deadlines) == 0 then
+    redis.call('DEL', N.active, N.gap)  -- the last agent: no outage state stays
   end
-  append_event(P, maxlen, ev, name, rec, reason)
+  append_event(N, maxlen, ev, name, rec, reason)
   return true
 end
 
@@ -206,14 +226,14 @@ end
 -- default the recorded one) and was not moved before; the second result is then how far the
 -- caller is to move it (0 for a plain live agent). Any other agent past its deadline is reaped
 -- here (EXPIRED event); nil when absent or reaped.
-local function load_live(P, maxlen, name, now, outage)
-  local flat = redis.call('HGETALL', P .. K.AGENT .. name)
+local function load_live(N, A, maxlen, name, now, outage)
+  local flat = redis.call('HGETALL', A.agent)
   if #flat == 0 then return nil end
   local rec = to_map(flat)
   if is_live(rec, now) then return rec, 0 end
-  local shift = outage_shift(rec, outage or recorded_outage(P))
+  local shift = outage_shift(rec, outage or recorded_outage(N))
   if shift > 0 and tonumber(rec[F.deadline]) + shift > now then return rec, shift end
-  remove_agent(P, maxlen, name, EV.EXPIRED, '')
+  remove_agent(N, A, maxlen, name, EV.EXPIRED, '')
   return nil
 end
 
