@@ -12,6 +12,8 @@ from redis.exceptions import ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError, TryAgainError
 
+from .redis_cluster import torn_down
+
 
 def _pack_command(parts) -> bytes:
     """One command in RESP, as redis-py would encode it (str as UTF-8, numbers via str())."""
@@ -149,7 +151,8 @@ class NodePipeline(HeartbeatPipeline):
         """MOVED/ASK (a slot moved: resharding, failover), TRYAGAIN, CLUSTERDOWN or a lost
         node: those calls again, each alone through the cluster client; heartbeats are
         idempotent, so one that did run is harmless to repeat."""
-        again = [i for i, reply in enumerate(replies) if isinstance(reply, _RESEND_ALONE)]
+        again = [i for i, reply in enumerate(replies)
+                 if isinstance(reply, _RESEND_ALONE) or torn_down(reply)]
         if again:
             replies = list(replies)
             resent = await asyncio.gather(*(self._alone(batch[i][2], batch[i][3])

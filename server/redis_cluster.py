@@ -22,6 +22,7 @@ import logging
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
 from .binding import StartupError
@@ -41,7 +42,35 @@ SINGLE_CHECK_TIMEOUT = 2.0  # REDIS_URL=redis://: how long start asks whether it
 _ACCEPTED = frozenset(inspect.signature(RedisCluster.__init__).parameters) - {"self"}
 
 
-class BoundedRedisCluster(RedisCluster):
+def torn_down(exc: BaseException) -> bool:
+    """redis-py 8.1 sometimes disconnects a connection while a command is using it (a node
+    failed and the topology is refreshed): the command then fails with AttributeError (its
+    writer is None) or RuntimeError (uvloop: the transport is closed), not ConnectionError."""
+    text = str(exc)
+    return (isinstance(exc, AttributeError) and "'NoneType' object has no attribute" in text) \
+        or (isinstance(exc, RuntimeError) and ("handler is closed" in text
+                                               or "Transport closed" in text))
+
+
+class SturdyRedisCluster(RedisCluster):
+    """RedisCluster where a command whose connection was torn down under it is sent once more,
+    then fails as the ConnectionError it is (UNAVAILABLE; every script is safe to resend)."""
+
+    async def execute_command(self, *args, **kwargs):
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except (AttributeError, RuntimeError) as exc:
+            if not torn_down(exc):
+                raise
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except (AttributeError, RuntimeError) as exc:
+            if not torn_down(exc):
+                raise
+            raise RedisConnectionError(f"connection closed under the command ({exc})") from exc
+
+
+class BoundedRedisCluster(SturdyRedisCluster):
     """RedisCluster whose commands and pipelines wait for a turn instead of opening
     connections without bound (and failing with MaxConnectionsError)."""
 
@@ -99,7 +128,7 @@ def command_client(target: RedisTarget, socket_timeout: float | None) -> Bounded
 
 def reader_client(target: RedisTarget) -> RedisCluster:
     """For XREAD BLOCK readers: a socket timeout above their block time (watch.BLOCK_MS)."""
-    return _client(RedisCluster, target, READER_TIMEOUT, READER_MAX_CONNECTIONS,
+    return _client(SturdyRedisCluster, target, READER_TIMEOUT, READER_MAX_CONNECTIONS,
                    min_socket_timeout=READER_TIMEOUT)
 
 

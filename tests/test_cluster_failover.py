@@ -84,6 +84,7 @@ async def test_a_killed_primary_is_followed_without_a_restart(cluster, server_pr
         stubs = [pb_grpc.ServiceRegistryStub(ca), pb_grpc.ServiceRegistryStub(cb)]
         watcher = Watcher(watch_client, victim_ns)
         acknowledged: list[str] = []
+        codes: set = set()      # of the calls that failed
         failed = 0
         counter = 0
 
@@ -99,12 +100,21 @@ async def test_a_killed_primary_is_followed_without_a_restart(cluster, server_pr
                 for x, r in zip(round_ids, replies):
                     if isinstance(r, Exception):
                         failed += 1
+                        codes.add(r.code())
                     else:
                         acknowledged.append(x)
-                beats = await asyncio.gather(*(stub.HeartbeatBatch(pb.HeartbeatBatchRequest(
-                    heartbeats=[pb.HeartbeatRequest(agent_id=x, status=pb.DEGRADED)
-                                for x in acknowledged[-30:]]))), return_exceptions=True)
-                failed += sum(isinstance(r, Exception) for r in beats)
+                try:
+                    beats = await stub.HeartbeatBatch(pb.HeartbeatBatchRequest(
+                        heartbeats=[pb.HeartbeatRequest(agent_id=x, status=pb.DEGRADED)
+                                    for x in acknowledged[-30:]]))
+                    failed += sum(bool(r.error_code) for r in beats.results)
+                    codes.update(grpc.StatusCode.UNAVAILABLE for r in beats.results
+                                 if r.error_code == grpc.StatusCode.UNAVAILABLE.value[0])
+                    codes.update("other" for r in beats.results if r.error_code and
+                                 r.error_code != grpc.StatusCode.UNAVAILABLE.value[0])
+                except grpc.aio.AioRpcError as exc:
+                    failed += 1
+                    codes.add(exc.code())
                 await asyncio.sleep(0.02)
 
         loads = [asyncio.create_task(load(s)) for s in stubs]
@@ -123,13 +133,18 @@ async def test_a_killed_primary_is_followed_without_a_restart(cluster, server_pr
                                                              namespace=victim_ns))
                     break
                 except grpc.aio.AioRpcError as exc:
-                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, \
+                        f"{exc.details()}\n{a.output()[-4000:]}\n{b.output()[-4000:]}"
                     await asyncio.sleep(0.1)
             recovered_after = time.monotonic() - killed_at
             await asyncio.sleep(1.0)   # load goes on after the promotion
+            assert not any(task.done() for task in loads)  # the load went on throughout
         finally:
             for task in loads:
                 task.cancel()
+        # what failed meanwhile failed as a client retries: UNAVAILABLE, nothing else
+        assert codes <= {grpc.StatusCode.UNAVAILABLE}, \
+            f"{codes}\n{a.output()[-4000:]}\n{b.output()[-4000:]}"
         assert victim not in cluster.primary_ports()
         # the other shards never stopped; every server answers in every namespace
         for stub in stubs:
