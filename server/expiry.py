@@ -85,6 +85,7 @@ class Reaper:
     async def sweep(self) -> int:
         """One pass over the namespaces due; returns the number of agents reaped."""
         await self.store.check_reset()
+        await self.store.schedule_missed()
         if not self._seeded:  # once per process: stores written by older versions too
             await self.store.rebuild_namespaces()
             self._seeded = True

@@ -90,10 +90,20 @@ class BoundedRedisCluster(SturdyRedisCluster):
 
 
 class BoundedPipeline(ClusterPipeline):
-    # its own semaphore: a pipeline resends redirected commands with execute_command
+    """Waits for a turn (its own semaphore: a pipeline resends redirected commands with
+    execute_command); a connection torn down under it fails it as a ConnectionError. (The
+    server's cluster pipelines, Store's namespace set and schedule, and counts, are safe to
+    resend, but the commands are gone once executed: the caller retries.)"""
+
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True):
         async with self.cluster_client.pipelines_in_flight:
-            return await super().execute(raise_on_error, allow_redirections)
+            try:
+                return await super().execute(raise_on_error, allow_redirections)
+            except (AttributeError, RuntimeError) as exc:
+                if not torn_down(exc):
+                    raise
+                raise RedisConnectionError(f"connection closed under the pipeline ({exc})") \
+                    from exc
 
 
 def _options(target: RedisTarget) -> dict:

@@ -14,6 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from . import keys, metrics, redis_cluster
+from .errors import REDIS_DOWN
 from .config import Settings
 
 log = logging.getLogger("service_registry")
@@ -41,6 +42,7 @@ class Store:
         self._namespaces_read_at = 0.0
         self.epoch: str | None = None       # the store's epoch when this process last looked
         self._reset_listeners: list = []
+        self._unscheduled: dict[str, int] = {}   # Redis Cluster: see agent_created
 
     def client(self, socket_timeout: float):
         """A new client; blocking readers pass a timeout above their block time."""
@@ -131,11 +133,31 @@ class Store:
         agents is always in both (forget_if_empty re-adds one it finds non-empty), so later
         agents need nothing here, and nothing here is a per-process memory a reset could
         falsify."""
+        try:
+            await self._add_namespace(namespace, deadline_ms)
+        except REDIS_DOWN as exc:
+            if not self.cluster:
+                raise
+            # Redis Cluster: the agent is registered (its script ran on its shard); only the
+            # shard of these keys failed. Answering UNAVAILABLE would not help (a resent
+            # Register finds its agent and no longer asks for this): the sweeper retries.
+            was = self._unscheduled.get(namespace, deadline_ms)
+            self._unscheduled[namespace] = min(was, deadline_ms)
+            log.warning("namespace %s: not yet in the namespace set and sweeper schedule (%s); "
+                        "retried by the sweeper", namespace, exc)
+        self._namespaces.add(namespace)
+
+    async def _add_namespace(self, namespace: str, deadline_ms: int) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.sadd(keys.NAMESPACES, namespace)
             pipe.zadd(keys.DUE, {namespace: deadline_ms}, lt=True)
             await pipe.execute()
-        self._namespaces.add(namespace)
+
+    async def schedule_missed(self) -> None:
+        """What agent_created could not write (Redis Cluster: that shard was failing over)."""
+        for namespace, deadline_ms in tuple(self._unscheduled.items()):
+            await self._add_namespace(namespace, deadline_ms)
+            del self._unscheduled[namespace]
 
     async def schedule(self, namespace: str, at_ms: int) -> None:
         await self.redis.zadd(keys.DUE, {namespace: at_ms})

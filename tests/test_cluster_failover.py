@@ -15,9 +15,11 @@ from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_grpc
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
+from server import keys
 from server.testing import RedisCluster
 from test_cluster import shard_of, spread
 from test_registry import register_request
+from test_watch import take, take_until
 
 DOWN_FOR = 30.0   # longest the killed shard's namespace may refuse writes (node timeout 2 s)
 
@@ -162,3 +164,44 @@ async def test_a_killed_primary_is_followed_without_a_restart(cluster, server_pr
         assert watcher.state == truth
         print(f"failover: first write {recovered_after:.2f}s after the kill, {failed} calls "
               f"failed meanwhile, watcher resynchronised {watcher.resyncs} time(s)")
+
+
+@pytest.fixture
+def fresh_cluster():
+    nodes = RedisCluster(primaries=3, replicas=1)
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.cleanup()
+
+
+async def test_a_register_while_the_schedule_shard_fails_over_still_expires(
+        fresh_cluster, server_processes):
+    """The sweeper's schedule (sr:due) and the namespace set live on one shard. While it fails
+    over, a Register in a namespace of another shard succeeds (its agent is written); the
+    server puts the namespace on the schedule once it can, so the agent, left without
+    heartbeats, still expires, by the sweeper alone (keyspace events off)."""
+    cluster = fresh_cluster
+    server = await server_processes(cluster.url, HEARTBEAT_TIMEOUT=2, EXPIRY_EVENTS="false")
+    probe = AsyncRedisCluster(host="127.0.0.1", port=cluster.nodes[0].port,
+                              decode_responses=True)
+    await probe.initialize()
+    schedule = {probe.get_node_from_key(k).name for k in (keys.DUE, keys.NAMESPACES)}
+    ns = next(n for n in spread(probe, 1) if shard_of(probe, n) not in schedule)
+    victim = int(probe.get_node_from_key(keys.DUE).port)
+    await probe.aclose()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ServiceRegistryStub(channel)
+        watch = stub.WatchAgents(pb.WatchRequest(namespace=ns))
+        assert (await take(watch, 1))[0].type == pb.SNAPSHOT_END
+        cluster.kill(victim)
+        reply = await stub.Register(register_request(agent_id=f"{ns}/orphan", namespace=ns),
+                                    timeout=20)
+        assert reply.agent_id == f"{ns}/orphan"
+        events = await take_until(watch, lambda ev: any(e.type == pb.EXPIRED for e in ev),
+                                  timeout=30)
+        watch.cancel()
+    assert [(e.type, e.agent.agent_id) for e in events if e.type != pb.PROGRESS] == [
+        (pb.REGISTERED, f"{ns}/orphan"), (pb.EXPIRED, f"{ns}/orphan")]
+    assert "retried by the sweeper" in server.output()  # the schedule's shard was down
