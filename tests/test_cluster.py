@@ -102,6 +102,10 @@ async def test_every_script_runs_on_redis_cluster(cluster):
                                             args=[k.prefix, "w1", 1000, "evicted", "x",
                                                   ""]) == 2  # the last
         assert await scripts.due(keys=[keys.DUE], args=[10]) is not None
+        # a namespace's keys, the agent's included, are one slot; the global keys one each
+        k = keys.namespace(spaces[0])
+        assert len({r.keyslot(x) for x in [*k.agent_script_keys("w1"), k.capability("py"),
+                                           k.agent_type(1), k.counts, k.health]}) == 1
         # every namespace key in one slot, namespaces over every shard
         assert len({shard_of(r, ns) for ns in spaces}) == 3
     finally:
@@ -248,6 +252,28 @@ async def test_twelve_namespaces_over_three_shards_expire_once_each(cluster, ser
             log = await log_of(redis, ns)
             assert [x for t, x in log if t == pb.EXPIRED] == [f"{ns}/dead"]
         await redis.aclose()
+
+
+async def test_scripts_are_loaded_again_after_every_primary_lost_them(cluster):
+    """A promoted replica starts with an empty script cache: SCRIPT FLUSH on every primary
+    stands for it. Registers, unary and batched heartbeats (the per-primary pipelines) go on."""
+    async with running_registry("cluster", cluster) as reg:
+        stub = reg.stub
+        spaces = spread(reg.redis, 1)
+        for ns in spaces:
+            await stub.Register(register_request(agent_id=f"{ns}/a", namespace=ns))
+        for port in cluster.primary_ports():
+            cluster.command(port, "SCRIPT", "FLUSH")
+        batch = await stub.HeartbeatBatch(pb.HeartbeatBatchRequest(heartbeats=[
+            pb.HeartbeatRequest(agent_id=f"{ns}/a", status=pb.HEALTHY) for ns in spaces]))
+        assert [r.error_code for r in batch.results] == [0, 0, 0]
+        for port in cluster.primary_ports():
+            cluster.command(port, "SCRIPT", "FLUSH")
+        for ns in spaces:
+            await stub.Register(register_request(agent_id=f"{ns}/b", namespace=ns))
+            reply = await stub.Heartbeat(pb.HeartbeatRequest(agent_id=f"{ns}/b",
+                                                             status=pb.DEGRADED))
+            assert reply.status == pb.DEGRADED
 
 
 def _migrate_slot(cluster: RedisCluster, slot: int, dst_port: int) -> int:
