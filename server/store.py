@@ -14,8 +14,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from . import keys, metrics, redis_cluster
-from .errors import REDIS_DOWN
 from .config import Settings
+from .errors import REDIS_DOWN
 
 log = logging.getLogger("service_registry")
 
@@ -132,7 +132,8 @@ class Store:
         namespace is in the set and the sweeper's schedule. One round trip. A namespace with
         agents is always in both (forget_if_empty re-adds one it finds non-empty), so later
         agents need nothing here, and nothing here is a per-process memory a reset could
-        falsify."""
+        falsify (on Redis Cluster, what that shard's failover kept from being written waits
+        in this process for the sweeper to write, see below)."""
         try:
             await self._add_namespace(namespace, deadline_ms)
         except REDIS_DOWN as exc:

@@ -274,7 +274,6 @@ class LogReader:
         finally:
             await self.store.release_reader(client)
 
-
     async def _xread(self, client, streams: dict[str, str]):
         if self.slot is None:
             return await client.xread(streams, count=READ_COUNT, block=BLOCK_MS)
