@@ -30,8 +30,8 @@ import click
               help="load generator processes")
 @click.option("--scenarios", default="", metavar="LIST",
               help="comma-separated subset of: ceilings, register, heartbeat, keepalive, "
-                   "memory, discover, balanced, mixed, watch, expiry, http; and, only when "
-                   "named, failover (a Sentinel set of its own whose primary it kills)")
+                   "memory, discover, balanced, mixed, watch, expiry, http, cluster; and, only "
+                   "when named, failover (a Sentinel set of its own whose primary it kills)")
 @click.option("--duration", type=float, default=None,
               help="measured seconds of each throughput scenario (overrides the profile)")
 @click.option("--h2load/--no-h2load", "use_h2load", default=True,

@@ -856,3 +856,10 @@ async def _expire(bench, scenario: str, ns: str, n: int, live: int) -> None:
 from .httpapi import http  # noqa: E402,F401 - the HTTP port's scenarios (issue 13)
 from .balanced import balanced  # noqa: E402,F401 - the issue-14 scenarios, by name
 from .keepalive import keepalive  # noqa: E402,F401 - its own module (issue 12)
+
+
+# -- Redis Cluster --------------------------------------------------------------------------------
+async def cluster(bench) -> None:
+    """Registers and heartbeats on 1 vs 3 primaries (benchmarks/cluster.py)."""
+    from . import cluster as cluster_scenario
+    await cluster_scenario.run(bench)

@@ -89,7 +89,7 @@ PROFILES = {
 }
 
 SCENARIOS = ("ceilings", "register", "heartbeat", "keepalive", "memory", "discover", "balanced",
-             "mixed", "watch", "expiry", "http")
+             "mixed", "watch", "expiry", "http", "cluster")
 # Run only when named (`--scenarios failover`): it starts a Sentinel set of its own and kills
 # its primary (benchmarks/failover.py).
 OPT_IN = ("failover",)
@@ -167,8 +167,11 @@ class Bench:
             self.addr = self.servers.address
             self.log(f"registry: {o.server_procs} `service-registry serve` process(es) on "
                      f"{self.addr}")
-        if self.redis_url:
-            # the server's own client for any REDIS_URL form (a Sentinel URL: the primary)
+        if self.redis_url and Settings(redis_url=self.redis_url).redis_target.kind == "cluster":
+            self.log("Redis Cluster: the Redis-side measurements (memory, Redis time per "
+                     "Discover, redis-benchmark) need a one-node --redis-url; skipped")
+        elif self.redis_url:
+            # the server's own client for any other REDIS_URL form (a Sentinel URL: the primary)
             self.redis_store = Store(Settings(redis_url=self.redis_url))
             self.redis = self.redis_store.client(60)
             await self.redis.ping()

@@ -168,6 +168,7 @@ class Server:
         """Raises binding.StartupError (one line naming the setting) when it cannot listen, or
         the Redis deployment REDIS_URL names cannot be used at all."""
         binding.check(self.settings)
+        await self.store.connect()  # Redis Cluster: its topology, before serving
         try:
             await self.store.check_target()
         except TargetError as exc:

@@ -5,8 +5,9 @@ import logging
 
 import grpc
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError, TimeoutError as RedisTimeoutError
-from redis.exceptions import BusyLoadingError
+from redis.exceptions import AskError, BusyLoadingError, ClusterError, ReadOnlyError
+from redis.exceptions import RedisClusterException, ResponseError, TryAgainError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .validation import InvalidArgument
 
@@ -21,7 +22,11 @@ _SCRIPT_STATUS = {
 }
 # ReadOnlyError: the node took writes until a failover demoted it; the connection classes
 # (store.py, redis-py's Sentinel pool) drop such a connection and look for the primary again.
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError, OSError)
+# Redis Cluster: a shard failing over (CLUSTERDOWN, slots not covered, TRYAGAIN, redirects
+# past redis-py's limit) is an outage of that shard, as unreachable as a dead Redis.
+CLUSTER_DOWN = (ClusterError, RedisClusterException, TryAgainError)
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError, OSError,
+              *CLUSTER_DOWN)
 
 
 class RpcError(Exception):
@@ -52,7 +57,10 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
                                              f"progress?): {exc}")
     if isinstance(exc, InvalidArgument):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, ResponseError):
+    if isinstance(exc, AskError):  # MOVED/ASK: a redis:// URL at a Redis Cluster node
+        return grpc.StatusCode.UNAVAILABLE, ("redis answered MOVED: REDIS_URL names one node of "
+                                             "a Redis Cluster; use redis+cluster://")
+    if isinstance(exc, ResponseError) and not isinstance(exc, CLUSTER_DOWN):
         word, _, rest = str(exc).partition(" ")
         code = _SCRIPT_STATUS.get(word)
         if code is not None:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from . import keys, metrics
+
+from . import keys, metrics, redis_cluster
 from .config import Settings
 from .errors import REDIS_DOWN
 from .registry_store import Reaped, RegistryStore
@@ -34,6 +35,8 @@ REAP_BATCH = 200          # agents per reap.lua call: bounds each call's Redis t
 DUE_BATCH = 500           # namespaces read from the schedule at once
 SUBSCRIBE_RETRY = 1.0
 SUBSCRIBE_WAIT = 5.0      # start waits this long for the `expired` subscription
+TOPOLOGY_CHECK = 5.0      # Redis Cluster: seconds between looks at which nodes are primaries
+EXPIRED_CHANNEL = "__keyevent@*__:expired"
 
 
 class Reaper:
@@ -96,6 +99,7 @@ class Reaper:
     async def sweep(self) -> int:
         """One pass over the namespaces due; returns the number of agents reaped."""
         await self.store.check_reset()
+        await self.store.schedule_missed()
         if not self._seeded:  # once per process: stores written by older versions too
             await self.store.rebuild_namespaces()
             self._seeded = True
@@ -134,21 +138,27 @@ class Reaper:
                 log.exception("expiry sweep failed")
             await asyncio.sleep(self.settings.sweep_interval)
 
+    async def _on_expired(self, message) -> None:
+        parsed = keys.parse_lease_key(message.get("data") or "")
+        if parsed and (await self.reap(*parsed)).reaped:
+            metrics.EXPIRED.labels("keyspace_event").inc()
+
     async def _listen_forever(self) -> None:
         """Reaps on `expired` events for lease keys; resubscribes after Redis comes back."""
+        if self.store.cluster:
+            await self._listen_cluster_forever()
+            return
         while True:
             client = self.store.client(socket_timeout=None)
             try:
                 await self.store.enable_expiry_events()
                 pubsub = client.pubsub()
-                await pubsub.psubscribe("__keyevent@*__:expired")
+                await pubsub.psubscribe(EXPIRED_CHANNEL)
                 async for message in pubsub.listen():
                     if message["type"] == "psubscribe":  # Redis confirmed: events flow now
                         self._listening.set()
                         continue
-                    parsed = keys.parse_lease_key(message.get("data") or "")
-                    if parsed and (await self.reap(*parsed)).reaped:
-                        metrics.EXPIRED.labels("keyspace_event").inc()
+                    await self._on_expired(message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -157,3 +167,68 @@ class Reaper:
                 self._listening.clear()
                 await client.aclose()
             await asyncio.sleep(SUBSCRIBE_RETRY)
+
+    # -- Redis Cluster: events are local to each primary --------------------------------------
+    async def _listen_cluster_forever(self) -> None:
+        """One subscription per primary (replicas emit no events). The primaries are the ones
+        redis-py's topology names; it is refreshed every TOPOLOGY_CHECK seconds and as soon as
+        a subscription breaks or its node turns out not to be a primary (failover), so the
+        promoted replica is subscribed within seconds. Listening is set while every primary's
+        subscription is confirmed."""
+        listeners: dict[str, asyncio.Task] = {}
+        confirmed: set[str] = set()
+        changed = asyncio.Event()
+        cluster = self.store.redis
+        try:
+            while True:
+                changed.clear()
+                primaries = {node.name: node for node in cluster.get_primaries()}
+                for name in set(listeners) - set(primaries):
+                    listeners.pop(name).cancel()
+                    confirmed.discard(name)
+                for name, node in primaries.items():
+                    task = listeners.get(name)
+                    if task is None or task.done():
+                        listeners[name] = asyncio.create_task(
+                            self._listen_node(node, confirmed, changed),
+                            name=f"expiry-events-{name}")
+                if primaries and confirmed >= set(primaries):
+                    self._listening.set()
+                else:
+                    self._listening.clear()
+                try:
+                    await asyncio.wait_for(changed.wait(), TOPOLOGY_CHECK)
+                except asyncio.TimeoutError:
+                    pass
+                try:  # what the cluster says now (cheap: one CLUSTER SLOTS)
+                    await cluster.nodes_manager.initialize()
+                except Exception as exc:  # noqa: BLE001 - next round; the sweeper meanwhile
+                    log.debug("expiry events: cluster topology refresh failed: %s", exc)
+        finally:
+            self._listening.clear()
+            await cancel_tasks(list(listeners.values()))
+
+    async def _listen_node(self, node, confirmed: set[str], changed: asyncio.Event) -> None:
+        """Subscribes to `expired` on one primary until that fails or it is no longer one."""
+        client = redis_cluster.node_client(node, self.settings.redis_target, None)
+        try:
+            await self.store.enable_expiry_events(client)
+            role = await client.execute_command("ROLE")
+            if role[0] == "master":  # else demoted: the topology refresh names the new one
+                pubsub = client.pubsub()
+                await pubsub.psubscribe(EXPIRED_CHANNEL)
+                async for message in pubsub.listen():
+                    if message["type"] == "psubscribe":
+                        confirmed.add(node.name)
+                        changed.set()
+                        continue
+                    await self._on_expired(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.debug("expiry events on %s: %s; resubscribing", node.name, exc)
+        finally:
+            confirmed.discard(node.name)
+            await client.aclose()
+        await asyncio.sleep(SUBSCRIBE_RETRY)  # then the supervisor starts it again
+        changed.set()

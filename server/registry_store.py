@@ -16,13 +16,14 @@ the message in the inbox twice (at-least-once delivery, as its header says).
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from redis.exceptions import NoScriptError
 
 from . import convert, keys
-from .coalesce import HeartbeatPipeline
+from .coalesce import ClusterHeartbeatPipeline, HeartbeatPipeline
 from .config import Settings
 from .errors import NotReplicated
 from .keys import AGENT_CARD_ARG
@@ -85,8 +86,11 @@ class RegistryStore:
         self._inbox_capacity = str(settings.inbox_capacity)
         self._min_acks = settings.min_replica_acks
         # real Redis only: the embedded store has no socket to pipeline on
-        self._pipeline = (None if store.embedded
-                          else HeartbeatPipeline(store.redis, self.scripts.heartbeat))
+        self._pipeline = None
+        if store.cluster:  # one pipeline per primary
+            self._pipeline = ClusterHeartbeatPipeline(store.redis, self.scripts.heartbeat)
+        elif not store.embedded:
+            self._pipeline = HeartbeatPipeline(store.redis, self.scripts.heartbeat)
 
     # -- writes -----------------------------------------------------------------------------
     async def register(self, ref: AgentRef, spec: AgentSpec, owner: str) -> pb.AgentInfo:
@@ -162,10 +166,14 @@ class RegistryStore:
         return bool(removed)
 
     async def evict(self, refs: list[AgentRef], reason: str) -> list[AgentRef]:
-        """The agents of `refs` that were live and are now removed, in one round trip."""
+        """The agents of `refs` that were live and are now removed, in one round trip (on
+        Redis Cluster, concurrent calls: redis-py 8.1 pipelines no EVALSHA there)."""
         calls = [self._deregister_call(ref, "evicted", reason, "") for ref in refs]
         if self._min_acks:
             removed = await self.replicated(calls)
+        elif self.store.cluster:
+            removed = await asyncio.gather(*(script(keys=keys_, args=args)
+                                             for script, keys_, args in calls))
         else:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for script, keys_, args in calls:

@@ -20,8 +20,9 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError
 
-from . import keys, metrics
+from . import keys, metrics, redis_cluster
 from .config import Settings
+from .errors import REDIS_DOWN
 from .redis_target import RedisTarget, TargetError
 
 log = logging.getLogger("service_registry")
@@ -46,7 +47,10 @@ class Store:
         self.sentinel: Sentinel | None = None
         if settings.redis_url and settings.redis_target.kind == "sentinel":
             self.sentinel = sentinel_manager(settings.redis_target)  # once (redis-py#3433)
+        self.cluster = not self.embedded and settings.redis_target.kind == "cluster"
         self.redis = self.client(COMMAND_TIMEOUT)
+        # Redis Cluster: one client shared by every blocking log reader (redis_cluster.py)
+        self._readers = redis_cluster.reader_client(settings.redis_target) if self.cluster else None
         self._node = None                   # (host, port) the last new connection reached
         self._primary = None                # the node _check_failover last saw
         self._failover_listeners: list = []
@@ -54,6 +58,7 @@ class Store:
         self._namespaces_read_at = 0.0
         self.epoch: str | None = None       # the store's epoch when this process last looked
         self._reset_listeners: list = []
+        self._unscheduled: dict[str, int] = {}   # Redis Cluster: see agent_created
 
     def client(self, socket_timeout: float | None, on_connect=None):
         """A new client (its own pool); blocking readers pass a timeout above their block time.
@@ -64,6 +69,8 @@ class Store:
             import fakeredis
             return fakeredis.aioredis.FakeRedis(server=self._fake_server, decode_responses=True)
         target = self.settings.redis_target
+        if target.kind == "cluster":   # redis_cluster.py (its own bounded clients)
+            return redis_cluster.command_client(target, socket_timeout)
         # Few, fast retries: a caller should get UNAVAILABLE quickly when Redis is down.
         options = dict(decode_responses=True, socket_timeout=socket_timeout,
                        socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30,
@@ -73,8 +80,6 @@ class Store:
                                               primary_only=target.kind == "sentinel")
         if target.kind == "sentinel":
             return sentinel_client(self.sentinel, target, **options)
-        if target.kind != "single":   # Redis Cluster: issue 10's other half
-            raise NotImplementedError(f"{target.kind} deployments are not supported yet")
         url_options = parse_url(self.settings.redis_url)   # as from_url: the URL's own win
         url_options["connection_class"] = _demotion_aware(
             url_options.get("connection_class", Connection))
@@ -125,6 +130,37 @@ class Store:
         for listener in self._failover_listeners:
             await listener()
 
+    async def connect(self) -> None:
+        """Before serving. Redis Cluster: the clients learn the topology (redis-py#3935: races
+        on a client used before) and the scripts are loaded on every primary; an unreachable
+        seed list or a standalone node stops the start (StartupError naming REDIS_URL). One
+        node: a Redis Cluster node behind a redis:// URL is refused (it would answer MOVED for
+        most namespaces); an unreachable one is an outage the health probe reports."""
+        if self.embedded:
+            return
+        target = self.settings.redis_target
+        if self.cluster:
+            await redis_cluster.connect(target, self.redis, self._readers)
+            return
+        if target.kind == "single":
+            await redis_cluster.refuse_cluster_node(target, self.redis)
+
+    def reader_client(self, socket_timeout: float, on_connect=None):
+        """A client for a blocking reader (socket timeout above its block time, `on_connect`
+        as in client()); give it back with release_reader. On Redis Cluster all readers share
+        one (and a reader learns of a failover from the errors its reads get)."""
+        if self._readers is not None:
+            return self._readers
+        return self.client(socket_timeout, on_connect=on_connect)
+
+    async def release_reader(self, client) -> None:
+        if client is not self._readers:
+            await client.aclose()
+
+    def slot_of(self, key: str) -> int | None:
+        """Redis Cluster: the key's hash slot (a multi-key command needs one); else None."""
+        return self.redis.keyslot(key) if self.cluster else None
+
     def describe(self) -> str:
         if self.embedded:
             return "embedded, not persisted (in-process fakeredis; set REDIS_URL for real Redis)"
@@ -132,22 +168,27 @@ class Store:
 
     async def ping(self) -> bool:
         try:
+            if self.cluster:  # every primary (each holds a share of the namespaces)
+                return bool(await self.redis.ping(target_nodes=self.redis.PRIMARIES))
             return bool(await self.redis.ping())
-        except Exception:  # noqa: BLE001 - any failure means "not serving"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not serving"
+            log.debug("redis ping failed: %r", exc)
             return False
 
-    async def enable_expiry_events(self) -> bool:
-        """Turns on `expired` keyspace events (Ex), keeping flags set by others. False when the
-        server refuses CONFIG (managed Redis): the sweeper alone then handles expiry."""
+    async def enable_expiry_events(self, node=None) -> bool:
+        """Turns on `expired` keyspace events (Ex), keeping flags set by others, on `node` (a
+        client of one Redis Cluster primary) or the one Redis. False when the server refuses
+        CONFIG (managed Redis): the sweeper alone then handles expiry."""
         if self.embedded:
             return False
+        redis = node or self.redis
         try:
-            current = (await self.redis.config_get("notify-keyspace-events")).get(
+            current = (await redis.config_get("notify-keyspace-events")).get(
                 "notify-keyspace-events", "")
             have = set(current)
             if "E" not in have or not have & {"x", "A"}:
-                await self.redis.config_set("notify-keyspace-events",
-                                            "".join(sorted(have | {"E", "x"})))
+                await redis.config_set("notify-keyspace-events",
+                                       "".join(sorted(have | {"E", "x"})))
             return True
         except Exception as exc:  # noqa: BLE001
             log.warning("cannot enable keyspace expiry events (%s); expiry relies on the sweeper",
@@ -162,12 +203,33 @@ class Store:
         namespace is in the set and the sweeper's schedule. One round trip. A namespace with
         agents is always in both (forget_if_empty re-adds one it finds non-empty), so later
         agents need nothing here, and nothing here is a per-process memory a reset could
-        falsify."""
+        falsify (on Redis Cluster, what that shard's failover kept from being written waits
+        in this process for the sweeper to write, see below)."""
+        try:
+            await self._add_namespace(namespace, deadline_ms)
+        except REDIS_DOWN as exc:
+            if not self.cluster:
+                raise
+            # Redis Cluster: the agent is registered (its script ran on its shard); only the
+            # shard of these keys failed. Answering UNAVAILABLE would not help (a resent
+            # Register finds its agent and no longer asks for this): the sweeper retries.
+            was = self._unscheduled.get(namespace, deadline_ms)
+            self._unscheduled[namespace] = min(was, deadline_ms)
+            log.warning("namespace %s: not yet in the namespace set and sweeper schedule (%s); "
+                        "retried by the sweeper", namespace, exc)
+        self._namespaces.add(namespace)
+
+    async def _add_namespace(self, namespace: str, deadline_ms: int) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.sadd(keys.NAMESPACES, namespace)
             pipe.zadd(keys.DUE, {namespace: deadline_ms}, lt=True)
             await pipe.execute()
-        self._namespaces.add(namespace)
+
+    async def schedule_missed(self) -> None:
+        """What agent_created could not write (Redis Cluster: that shard was failing over)."""
+        for namespace, deadline_ms in tuple(self._unscheduled.items()):
+            await self._add_namespace(namespace, deadline_ms)
+            del self._unscheduled[namespace]
 
     async def schedule(self, namespace: str, at_ms: int) -> None:
         await self.redis.zadd(keys.DUE, {namespace: at_ms})
@@ -233,7 +295,7 @@ class Store:
         """The namespace set from the deadline zsets Redis holds (one per namespace with agents),
         and every namespace on the sweeper's schedule: at a process's start (a store written by
         a version that kept the set per process may lack some) and after a reset. One SCAN,
-        SCAN_COUNT keys a call. (On Redis Cluster it is to run on every primary.)"""
+        SCAN_COUNT keys a call; on Redis Cluster redis-py's scan_iter walks every primary."""
         pattern = keys.namespace("*").deadlines
         found = set()
         async for key in self.redis.scan_iter(match=pattern, count=SCAN_COUNT):
@@ -250,6 +312,8 @@ class Store:
         await self.redis.aclose()
         if self.sentinel is not None:
             await self.sentinel.aclose()
+        if self._readers is not None:
+            await self._readers.aclose()
 
 
 def _then(*hooks, primary_only: bool = False):

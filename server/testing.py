@@ -63,6 +63,101 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class RedisCluster:
+    """A private Redis Cluster on free loopback ports: `primaries` shards of one primary and
+    `replicas` replicas each (redis-server --cluster-enabled yes, then redis-cli --cluster
+    create). Each node's bus port is chosen free too (it defaults to port + 10000, past 65535
+    for a high port). `url` names three nodes as seeds; start, kill a node, cleanup."""
+
+    def __init__(self, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 2000,
+                 extra: tuple[str, ...] = ()):
+        self.primaries = primaries
+        self.replicas = replicas
+        self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file",
+                                  "nodes.conf", "--cluster-node-timeout", str(node_timeout_ms),
+                                  "--cluster-port", str(free_port()), *extra)
+                      for _ in range(primaries * (1 + replicas))]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed (apt-get install redis-tools)")
+        if len(self.nodes) == 1:  # redis-cli creates 3 primaries at least: one by hand
+            self.command(self.nodes[0].port, "CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+        else:
+            subprocess.run([cli, "--cluster", "create",
+                            *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                            "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                           check=True, capture_output=True, timeout=60)
+        self.wait_ready()
+
+    def node(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def command(self, port: int, *args: str) -> str:
+        """One command on one node, by redis-cli (no client library needed)."""
+        done = subprocess.run([shutil.which("redis-cli") or "redis-cli", "-p", str(port),
+                               *args], check=True, capture_output=True, text=True, timeout=10)
+        return done.stdout
+
+    def topology(self, port: int | None = None) -> list[dict]:
+        """CLUSTER NODES as seen by a live node: id, port, role, master id, slots, failed."""
+        ask = port or next(n.port for n in self.nodes if n.proc and n.proc.poll() is None)
+        rows = []
+        for line in self.command(ask, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if len(fields) < 8:
+                continue
+            flags = fields[2].split(",")
+            rows.append({"id": fields[0], "port": int(fields[1].split(":")[1].split("@")[0]),
+                         "role": "master" if "master" in flags else "replica",
+                         "master": fields[3], "failed": "fail" in flags,
+                         "slots": fields[8:]})
+        return rows
+
+    def primary_ports(self) -> list[int]:
+        return sorted(r["port"] for r in self.topology()
+                      if r["role"] == "master" and r["slots"] and not r["failed"])
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Every live node says cluster_state:ok and every live replica is in sync."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if all(self._ready(n.port) for n in self.nodes
+                       if n.proc and n.proc.poll() is None):
+                    return
+            except subprocess.SubprocessError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis cluster not ready after {timeout}s")
+            time.sleep(0.1)  # child processes: nothing to await but their state
+
+    def _ready(self, port: int) -> bool:
+        if "cluster_state:ok" not in self.command(port, "CLUSTER", "INFO"):
+            return False
+        rows = [r for r in self.topology(port) if not r["failed"]]
+        live = sum(1 for n in self.nodes if n.proc and n.proc.poll() is None)
+        if len(rows) != live or sum(r["role"] == "replica" for r in rows) < min(
+                self.primaries * self.replicas, live - self.primaries):
+            return False  # replicas not attached yet (just after create, all are masters)
+        replication = self.command(port, "INFO", "replication")
+        return "role:master" in replication or "master_link_status:up" in replication
+
+    def kill(self, port: int) -> None:
+        self.node(port).stop()
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
+
+
 class SentinelSet:
     """A Sentinel deployment on free loopback ports, for the tests and the failover benchmark: one
     primary, `replicas` replicas and 3 sentinels (`sentinel monitor NAME 127.0.0.1 PORT 2`, down

@@ -196,11 +196,13 @@ class LogReader:
     """Follows up to STREAMS_PER_READER namespace logs with one XREAD BLOCK on one connection,
     so N watched namespaces hold N / STREAMS_PER_READER Redis connections, not N. A feed added
     while the XREAD blocks is read from its position on the next call (within BLOCK_MS), so
-    nothing is missed. (Redis Cluster refuses a multi-key XREAD across slots: there a reader
-    will follow the namespaces of one slot.)"""
+    nothing is missed. Redis Cluster refuses a multi-key command across hash slots (CROSSSLOT,
+    even on one node): there a reader follows the logs of one slot (`slot`), wherever redis-py
+    routes it, so it follows the slot when it moves to another shard."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, slot: int | None = None):
         self.store = store
+        self.slot = slot        # Redis Cluster: the hash slot of every log it follows
         self.feeds: dict[str, Feed] = {}
         self.task: asyncio.Task | None = None
         self.connections = 0    # (re)connections of this reader's client, to whichever node
@@ -229,7 +231,8 @@ class LogReader:
                 del self.feeds[key]
 
     async def _follow(self) -> None:
-        client = self.store.client(socket_timeout=BLOCK_MS / 1000 + 5, on_connect=self._connected)
+        client = self.store.reader_client(socket_timeout=BLOCK_MS / 1000 + 5,
+                                          on_connect=self._connected)
         delay = 0.1
         reconnected = True   # check the node before the first read, like after a reconnection
         checked = 0          # self.connections when the node was last checked
@@ -247,8 +250,8 @@ class LogReader:
                         await end_lost_feeds(client, tuple(self.feeds.values()))
                         checked = self.connections  # connections made meanwhile: checked too
                         continue
-                    reply = await client.xread({k: f.position for k, f in self.feeds.items()},
-                                               count=READ_COUNT, block=BLOCK_MS)
+                    reply = await self._xread(client, {k: f.position
+                                                       for k, f in self.feeds.items()})
                     delay = 0.1
                     if self.connections != checked:
                         continue  # read from a node not checked yet (redis-py reconnected)
@@ -270,7 +273,17 @@ class LogReader:
             self.feeds.clear()
             self.task = None
         finally:
-            await client.aclose()
+            await self.store.release_reader(client)
+
+    async def _xread(self, client, streams: dict[str, str]):
+        if self.slot is None:
+            return await client.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+        # Redis Cluster: to the node of the slot, as redis-py's slot cache says (routed by
+        # redis-py, XREAD would cost a COMMAND GETKEYS round trip first: its keys "move")
+        node = client.get_node_from_key(next(iter(streams)))
+        return await client.execute_command(
+            "XREAD", "COUNT", READ_COUNT, "BLOCK", BLOCK_MS, "STREAMS", *streams,
+            *streams.values(), target_nodes=node)
 
 
 async def end_lost_feeds(redis, feeds) -> None:
@@ -327,19 +340,21 @@ class Watches:
             except BaseException:
                 self.feeds.pop(namespace, None)
                 raise
-            self._reader().add(feed)
+            self._reader(feed).add(feed)
         else:
             await feed.ready.wait()
             feed.watchers.add(watcher)
         metrics.WATCHERS.inc()
         return feed
 
-    def _reader(self) -> LogReader:
+    def _reader(self, feed: Feed) -> LogReader:
+        """A reader with room for the feed (on Redis Cluster: one of the feed's slot)."""
+        slot = self.store.slot_of(feed.log_key)
         self.readers = [r for r in self.readers if r.feeds or r.task is not None]
         for reader in self.readers:
-            if not reader.full:
+            if not reader.full and reader.slot == slot:
                 return reader
-        reader = LogReader(self.store)
+        reader = LogReader(self.store, slot)
         self.readers.append(reader)
         return reader
 

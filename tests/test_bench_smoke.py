@@ -32,6 +32,8 @@ SCENARIOS = {
     "http": ("grpc.heartbeat", "http.heartbeat", "grpc.discover", "http.discover",
              "http.sse.fanout", "http.idle.heartbeat.with_http",
              "http.idle.heartbeat.without_http"),
+    "cluster": ("cluster.1p.register", "cluster.1p.heartbeat.batch", "cluster.3p.register",
+                "cluster.3p.heartbeat.batch"),
 }
 
 
