@@ -58,7 +58,7 @@ class Store:
         self._namespaces_read_at = 0.0
         self.epoch: str | None = None       # the store's epoch when this process last looked
         self._reset_listeners: list = []
-        self._unscheduled: dict[str, int] = {}   # Redis Cluster: see agent_created
+        self._unscheduled: dict[str, int] = {}   # see agent_created
 
     def client(self, socket_timeout: float | None, on_connect=None):
         """A new client (its own pool); blocking readers pass a timeout above their block time.
@@ -202,17 +202,14 @@ class Store:
         forget_if_empty, racing with it, cannot drop a namespace that has an agent): the
         namespace is in the set and the sweeper's schedule. One round trip. A namespace with
         agents is always in both (forget_if_empty re-adds one it finds non-empty), so later
-        agents need nothing here, and nothing here is a per-process memory a reset could
-        falsify (on Redis Cluster, what that shard's failover kept from being written waits
-        in this process for the sweeper to write, see below)."""
+        agents need nothing here. What Redis did not take (it went down just after the script;
+        on Redis Cluster, the shard of these keys is failing over) waits in this process for
+        the sweeper to write, see schedule_missed."""
         try:
             await self._add_namespace(namespace, deadline_ms)
         except REDIS_DOWN as exc:
-            if not self.cluster:
-                raise
-            # Redis Cluster: the agent is registered (its script ran on its shard); only the
-            # shard of these keys failed. Answering UNAVAILABLE would not help (a resent
-            # Register finds its agent and no longer asks for this): the sweeper retries.
+            # The agent is registered (its script ran). Answering UNAVAILABLE would not help: a
+            # resent Register finds its agent and no longer asks for this; the sweeper retries.
             was = self._unscheduled.get(namespace, deadline_ms)
             self._unscheduled[namespace] = min(was, deadline_ms)
             log.warning("namespace %s: not yet in the namespace set and sweeper schedule (%s); "
@@ -226,7 +223,7 @@ class Store:
             await pipe.execute()
 
     async def schedule_missed(self) -> None:
-        """What agent_created could not write (Redis Cluster: that shard was failing over)."""
+        """What agent_created could not write (Redis went down, or that shard failed over)."""
         for namespace, deadline_ms in tuple(self._unscheduled.items()):
             await self._add_namespace(namespace, deadline_ms)
             del self._unscheduled[namespace]

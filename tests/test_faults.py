@@ -10,6 +10,7 @@ import grpc
 import pytest
 from neural_hive_integration.clients import AgentInfo
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from conftest import running_registry
 from server import keys
@@ -160,3 +161,33 @@ async def test_a_server_start_finds_namespaces_missing_from_the_set(redis_proc):
         found = await second.stub.DiscoverAgents(pb.DiscoverRequest(capabilities=["python"]))
         assert [a.agent_id for a in found.agents] == ["lost/a1"]
         assert await second.redis.zrange(keys.DUE, 0, -1) == ["lost"]
+
+
+@pytest.mark.settings(sweep_interval=0.05)
+async def test_a_register_whose_namespace_write_fails_is_scheduled_by_the_sweeper(
+        redis_registry, monkeypatch):
+    """Redis goes away between the register script and the write of the namespace set and
+    schedule (keys outside the namespace's slot): the Register, which happened, succeeds, and
+    the sweeper writes what is missing once Redis answers, so the namespace is not left out of
+    Discover without a namespace, GetStats and the sweeper's schedule."""
+    store = redis_registry.server.store
+    real = store._add_namespace
+    failures = []
+
+    async def lost_connection(namespace, deadline_ms):
+        if not failures:
+            failures.append(namespace)
+            raise RedisConnectionError("Connection closed by server.")
+        await real(namespace, deadline_ms)
+
+    monkeypatch.setattr(store, "_add_namespace", lost_connection)
+    reply = await redis_registry.stub.Register(register_request(agent_id="a1",
+                                                                namespace="gap"))
+    assert failures == ["gap"] and reply.agent_id == "gap/a1"
+    deadline = asyncio.get_running_loop().time() + 10
+    while "gap" not in await redis_registry.redis.smembers(keys.NAMESPACES):
+        assert asyncio.get_running_loop().time() < deadline, "the sweeper never wrote it"
+        await asyncio.sleep(0.05)  # the sweeper's next pass (every 50 ms here)
+    assert await redis_registry.redis.zscore(keys.DUE, "gap") is not None
+    found = await redis_registry.stub.DiscoverAgents(pb.DiscoverRequest(capabilities=["python"]))
+    assert [a.agent_id for a in found.agents] == ["gap/a1"]
