@@ -157,6 +157,17 @@ class RedisCluster:
         for node in self.nodes:
             node.cleanup()
 
+    def __enter__(self) -> "RedisCluster":
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
 
 class SentinelSet:
     """A Sentinel deployment on free loopback ports, for the tests and the failover benchmark: one

@@ -29,12 +29,8 @@ from test_watch import changes, open_watch, take, take_until
 
 @pytest.fixture(scope="module")
 def cluster():
-    nodes = RedisCluster(primaries=3, replicas=1)
-    try:
-        nodes.start()
+    with RedisCluster(primaries=3, replicas=1) as nodes:
         yield nodes
-    finally:
-        nodes.cleanup()
 
 
 def shard_of(redis, namespace: str) -> str:

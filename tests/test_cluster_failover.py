@@ -26,12 +26,8 @@ DOWN_FOR = 30.0   # longest the killed shard's namespace may refuse writes (node
 
 @pytest.fixture(scope="module")
 def cluster():
-    nodes = RedisCluster(primaries=3, replicas=1)
-    try:
-        nodes.start()
+    with RedisCluster(primaries=3, replicas=1) as nodes:
         yield nodes
-    finally:
-        nodes.cleanup()
 
 
 class Watcher:
@@ -168,12 +164,8 @@ async def test_a_killed_primary_is_followed_without_a_restart(cluster, server_pr
 
 @pytest.fixture
 def fresh_cluster():
-    nodes = RedisCluster(primaries=3, replicas=1)
-    try:
-        nodes.start()
+    with RedisCluster(primaries=3, replicas=1) as nodes:
         yield nodes
-    finally:
-        nodes.cleanup()
 
 
 async def test_a_register_while_the_schedule_shard_fails_over_still_expires(
