@@ -34,9 +34,27 @@ def _bulk(part) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-def _pack_command(parts) -> bytes:
+def pack_command(parts) -> bytes:
     """One command in RESP, as redis-py would encode it (str as UTF-8, numbers via str())."""
     return b"*%d\r\n" % len(parts) + b"".join([_bulk(part) for part in parts])
+
+
+async def send_pipelined(connection, commands: list[bytes]) -> list:
+    """Packed commands written at once on `connection`, then their replies read in order; an
+    error reply is that command's exception in the list. A connection left with unread replies
+    (it failed midway) is dropped, never reused."""
+    try:
+        await connection.send_packed_command(b"".join(commands))
+        replies = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as exc:  # this call's error reply; the rest follow
+                replies.append(exc)
+        return replies
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
 
 
 class HeartbeatPipeline:
@@ -62,7 +80,7 @@ class HeartbeatPipeline:
     def call(self, keys, args) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.queue.append((_pack_command(("EVALSHA", self.script.sha, len(keys), *keys, *args)),
+        self.queue.append((pack_command(("EVALSHA", self.script.sha, len(keys), *keys, *args)),
                            future, keys, args))
         if not self.scheduled and self.in_flight < self.MAX_IN_FLIGHT:
             self.scheduled = True
@@ -124,17 +142,7 @@ class HeartbeatPipeline:
     async def _send(self, commands: list[bytes]) -> list:
         connection = await self._connection()
         try:
-            await connection.send_packed_command(b"".join(commands))
-            replies = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:  # this call's error reply; the rest follow
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            await connection.disconnect(nowait=True)  # unread replies: never reuse it
-            raise
+            return await send_pipelined(connection, commands)
         finally:
             await self._release(connection)
 

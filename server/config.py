@@ -203,13 +203,9 @@ def validate(s: Settings, given=frozenset()) -> None:
          "needs REDIS_URL: the embedded store has no replicas")
     if s.redis_url:
         try:
-            target = redis_target.parse(s.redis_url)
+            redis_target.parse(s.redis_url)
         except redis_target.TargetError as exc:
             raise ConfigError(f"{_where('redis_url')}: {exc}") from None
-        # WAIT must follow the write on its own connection to the slot's primary, which
-        # redis-py 8.1's cluster client cannot pipeline (no EVALSHA in a ClusterPipeline)
-        need(not s.min_replica_acks or target.kind != "cluster", "min_replica_acks",
-             "is not supported on Redis Cluster yet (one node or Sentinel only)")
     for name in ("tls_cert", "tls_key", "tls_client_ca", "tokens_file"):
         path = getattr(s, name)
         need(not path or os.path.isfile(path), name, "is not a readable file")

@@ -23,7 +23,7 @@ from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 from redis.exceptions import NoScriptError
 
 from . import convert, keys
-from .coalesce import ClusterHeartbeatPipeline, HeartbeatPipeline
+from .coalesce import ClusterHeartbeatPipeline, HeartbeatPipeline, pack_command, send_pipelined
 from .config import Settings
 from .errors import NotReplicated
 from .keys import AGENT_CARD_ARG
@@ -208,15 +208,29 @@ class RegistryStore:
         connection without writes counts the replicas connected, not those holding the first
         attempt's write."""
         acks = acks or self._min_acks
+        if self.store.cluster:
+            replies, acked = await self._replicated_per_node(calls, acks, timeout_ms)
+        else:
+            replies, acked = await self._replicated_on_one(calls, acks, timeout_ms)
+        for reply in (*replies, *acked):
+            if isinstance(reply, Exception):
+                raise reply
+        if min(map(int, acked)) < acks:
+            raise NotReplicated(min(map(int, acked)), acks, timeout_ms)
+        return replies
+
+    async def _replicated_on_one(self, calls: list[tuple], acks: int,
+                                 timeout_ms: int) -> tuple[list, list]:
         replies: list = [None] * len(calls)
-        todo = list(range(len(calls)))
+        todo, acked = list(range(len(calls))), []
         for attempt in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for i in todo:
                     script, keys_, args = calls[i]
                     pipe.evalsha(script.sha, len(keys_), *keys_, *args)
                 pipe.execute_command("WAIT", acks, timeout_ms)
-                *got, acked = await pipe.execute(raise_on_error=False)
+                *got, waited = await pipe.execute(raise_on_error=False)
+            acked.append(waited)
             for i, reply in zip(todo, got):
                 replies[i] = reply
             todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
@@ -224,12 +238,39 @@ class RegistryStore:
                 break
             for script in {calls[i][0].sha: calls[i][0] for i in todo}.values():
                 await self.redis.script_load(script.script)
-        for reply in (*replies, acked):
-            if isinstance(reply, Exception):
-                raise reply
-        if int(acked) < acks:
-            raise NotReplicated(int(acked), acks, timeout_ms)
-        return replies
+        return replies, acked
+
+    async def _replicated_per_node(self, calls: list[tuple], acks: int,
+                                   timeout_ms: int) -> tuple[list, list]:
+        """Redis Cluster: redis-py 8.1's cluster pipeline takes no EVALSHA, so the calls are
+        grouped by the primary of their slot and written, the WAIT after them, on one
+        connection of redis-py's own pool for that node. A slot that moved meanwhile answers
+        MOVED: UNAVAILABLE, and the caller's resend goes to the new owner."""
+        by_node: dict[str, tuple] = {}
+        for i, (_, keys_, _) in enumerate(calls):
+            node = self.redis.get_node_from_key(keys_[0])
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        replies: list = [None] * len(calls)
+        acked = []
+        for node, todo in by_node.values():
+            for attempt in range(2):
+                commands = [pack_command(("EVALSHA", calls[i][0].sha, len(calls[i][1]),
+                                          *calls[i][1], *calls[i][2])) for i in todo]
+                connection = node.acquire_connection()
+                try:
+                    *got, waited = await send_pipelined(
+                        connection, [*commands, pack_command(("WAIT", acks, timeout_ms))])
+                finally:
+                    node.release(connection)
+                acked.append(waited)
+                for i, reply in zip(todo, got):
+                    replies[i] = reply
+                todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
+                if not todo or attempt:
+                    break
+                for script in {calls[i][0].sha: calls[i][0] for i in todo}.values():
+                    await self.redis.script_load(script.script)  # on every primary
+        return replies, acked
 
     # -- reads ------------------------------------------------------------------------------
     async def get(self, ref: AgentRef) -> pb.AgentInfo | None:

@@ -272,6 +272,31 @@ async def test_scripts_are_loaded_again_after_every_primary_lost_them(cluster):
             assert reply.status == pb.DEGRADED
 
 
+async def test_min_replica_acks_waits_for_each_shards_replica(cluster):
+    """MIN_REPLICA_ACKS on a cluster: each write's WAIT runs on the connection that made it,
+    on its slot's primary; one replica per shard meets 1 (also after the primaries lost their
+    scripts, and for an eviction spanning every shard), 2 is UNAVAILABLE naming the count."""
+    async with running_registry("cluster", cluster, min_replica_acks=1) as reg:
+        stub = reg.stub
+        spaces = spread(reg.redis, 1)
+        ids = [(await stub.Register(register_request(agent_id=f"{ns}/a", namespace=ns))).agent_id
+               for ns in spaces]
+        for port in cluster.primary_ports():
+            cluster.command(port, "SCRIPT", "FLUSH")
+        note = await stub.NotifyAgent(pb.NotifyRequest(agent_id=ids[0], kind="k"))
+        assert note.notification_id
+        evicted = await stub.EvictAgents(pb.EvictRequest(agent_ids=ids, reason="test"))
+        assert sorted(evicted.evicted_ids) == sorted(ids)
+    async with running_registry("cluster", cluster, min_replica_acks=2) as reg:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await reg.stub.Register(register_request(agent_id=f"{spaces[1]}/b",
+                                                     namespace=spaces[1]))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "only 1 of 2 replica(s) acknowledged" in info.value.details()
+        # the write stands on the primary (the answer says it may be lost, not that it failed)
+        assert (await reg.stub.GetAgent(pb.GetAgentRequest(agent_id=f"{spaces[1]}/b"))).agent
+
+
 def _migrate_slot(cluster: RedisCluster, slot: int, dst_port: int) -> int:
     """Moves one hash slot, with its keys, to another primary (what resharding does)."""
     nodes = {r["port"]: r for r in cluster.topology()}

@@ -149,11 +149,6 @@ def test_min_replica_acks_needs_redis():
     assert_refused_in_one_line(done, "MIN_REPLICA_ACKS", "needs REDIS_URL")
 
 
-def test_min_replica_acks_is_refused_with_a_cluster_url():
-    done = serve(MIN_REPLICA_ACKS="1", REDIS_URL="redis+cluster://127.0.0.1:7000")
-    assert_refused_in_one_line(done, "MIN_REPLICA_ACKS", "not supported on Redis Cluster")
-
-
 async def test_a_primary_demoted_to_replica_answers_unavailable_then_recovers(redis_factory):
     other, node = redis_factory(), redis_factory()
     async with running_registry("redis", node) as reg:
