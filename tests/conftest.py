@@ -24,6 +24,7 @@ from neural_hive_integration.proto_stubs import service_registry_pb2_grpc as pb_
 
 from integration_target import external_registry
 from server.app import Server
+from server.binding import StartupError
 from server.config import Settings
 from server.testing import RedisServer, free_port
 
@@ -102,11 +103,35 @@ class Registry:
         await self.server.stop(grace=0.5)
 
 
+# metrics_port=FREE_PORT: a free port, chosen again when something else takes it between the
+# choice and the bind (the server's own gRPC port 0, a client's ephemeral port)
+FREE_PORT = "free"
+PORT_ATTEMPTS = 5
+
+
+async def started_server(settings: Settings, pick_metrics_port: bool) -> Server:
+    for attempt in range(PORT_ATTEMPTS):
+        if pick_metrics_port:
+            settings = replace(settings, metrics_port=free_port())
+        server = Server(settings)
+        try:
+            await server.start()
+            return server
+        except StartupError as exc:
+            await server.stop(grace=0)
+            if not pick_metrics_port or "METRICS_PORT" not in str(exc) \
+                    or attempt == PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @asynccontextmanager
 async def running_registry(kind: str, redis_proc: RedisProcess | None = None, **overrides):
+    pick = overrides.get("metrics_port") == FREE_PORT
+    if pick:
+        overrides["metrics_port"] = 0
     settings = test_settings(redis_url=redis_proc.url if redis_proc else "", **overrides)
-    server = Server(settings)
-    await server.start()
+    server = await started_server(settings, pick)
     registry = Registry(server, kind, redis_proc)
     try:
         yield registry

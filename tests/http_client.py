@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
 
-from conftest import RedisProcess, free_port, running_registry
+from conftest import FREE_PORT, RedisProcess, running_registry
 from test_auth import bearer, tokens_document
 
 
@@ -85,7 +85,7 @@ async def running_http(kind: str, **overrides):
     if proc:
         proc.start()
     try:
-        async with running_registry(kind, proc, metrics_port=free_port(), **overrides) as reg:
+        async with running_registry(kind, proc, metrics_port=FREE_PORT, **overrides) as reg:
             async with aiohttp.ClientSession() as session:
                 yield Http(reg, session)
     finally:

@@ -8,7 +8,7 @@ import ssl
 import aiohttp
 import pytest
 
-from conftest import RedisProcess, free_port, running_registry
+from conftest import FREE_PORT, RedisProcess, running_registry
 from http_client import Http, running_secured_http
 from test_auth import SECRETS
 from test_tls import CA, Issued
@@ -125,7 +125,7 @@ async def test_https_with_the_grpc_certificate_rotated_on_reload(tmp_path):
     proc.start()
     try:
         async with running_registry("redis", proc, tls_cert=str(live.cert),
-                                    tls_key=str(live.key), metrics_port=free_port()) as reg:
+                                    tls_key=str(live.key), metrics_port=FREE_PORT) as reg:
             port = reg.server.http_port
             assert await https_ok(port, ca.pem)
             async with aiohttp.ClientSession() as session:
