@@ -17,6 +17,7 @@ the message in the inbox twice (at-least-once delivery, as its header says).
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 
 from neural_hive_integration.proto_stubs import service_registry_pb2 as pb
@@ -208,60 +209,11 @@ class RegistryStore:
         connection without writes counts the replicas connected, not those holding the first
         attempt's write."""
         acks = acks or self._min_acks
-        if self.store.cluster:
-            replies, acked = await self._replicated_per_node(calls, acks, timeout_ms)
-        else:
-            replies, acked = await self._replicated_on_one(calls, acks, timeout_ms)
-        for reply in (*replies, *acked):
-            if isinstance(reply, Exception):
-                raise reply
-        if min(map(int, acked)) < acks:
-            raise NotReplicated(min(map(int, acked)), acks, timeout_ms)
-        return replies
-
-    async def _replicated_on_one(self, calls: list[tuple], acks: int,
-                                 timeout_ms: int) -> tuple[list, list]:
         replies: list = [None] * len(calls)
-        todo, acked = list(range(len(calls))), []
-        for attempt in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    script, keys_, args = calls[i]
-                    pipe.evalsha(script.sha, len(keys_), *keys_, *args)
-                pipe.execute_command("WAIT", acks, timeout_ms)
-                *got, waited = await pipe.execute(raise_on_error=False)
-            acked.append(waited)
-            for i, reply in zip(todo, got):
-                replies[i] = reply
-            todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
-            if not todo or attempt:
-                break
-            for script in {calls[i][0].sha: calls[i][0] for i in todo}.values():
-                await self.redis.script_load(script.script)
-        return replies, acked
-
-    async def _replicated_per_node(self, calls: list[tuple], acks: int,
-                                   timeout_ms: int) -> tuple[list, list]:
-        """Redis Cluster: redis-py 8.1's cluster pipeline takes no EVALSHA, so the calls are
-        grouped by the primary of their slot and written, the WAIT after them, on one
-        connection of redis-py's own pool for that node. A slot that moved meanwhile answers
-        MOVED: UNAVAILABLE, and the caller's resend goes to the new owner."""
-        by_node: dict[str, tuple] = {}
-        for i, (_, keys_, _) in enumerate(calls):
-            node = self.redis.get_node_from_key(keys_[0])
-            by_node.setdefault(node.name, (node, []))[1].append(i)
-        replies: list = [None] * len(calls)
-        acked = []
-        for node, todo in by_node.values():
+        acked: list = []
+        for send, todo in self._write_connections(calls):
             for attempt in range(2):
-                commands = [pack_command(("EVALSHA", calls[i][0].sha, len(calls[i][1]),
-                                          *calls[i][1], *calls[i][2])) for i in todo]
-                connection = node.acquire_connection()
-                try:
-                    *got, waited = await send_pipelined(
-                        connection, [*commands, pack_command(("WAIT", acks, timeout_ms))])
-                finally:
-                    node.release(connection)
+                *got, waited = await send([calls[i] for i in todo], acks, timeout_ms)
                 acked.append(waited)
                 for i, reply in zip(todo, got):
                     replies[i] = reply
@@ -269,8 +221,46 @@ class RegistryStore:
                 if not todo or attempt:
                     break
                 for script in {calls[i][0].sha: calls[i][0] for i in todo}.values():
-                    await self.redis.script_load(script.script)  # on every primary
-        return replies, acked
+                    await self.redis.script_load(script.script)  # Cluster: on every primary
+        for reply in (*replies, *acked):
+            if isinstance(reply, Exception):
+                raise reply
+        if min(map(int, acked)) < acks:
+            raise NotReplicated(min(map(int, acked)), acks, timeout_ms)
+        return replies
+
+    def _write_connections(self, calls: list[tuple]) -> list[tuple]:
+        """[(send, indexes of the calls it takes)]: one Redis, one pipeline. Redis Cluster: one
+        per primary of the calls' slots, since WAIT counts what its own connection wrote and
+        redis-py 8.1's cluster pipeline takes no EVALSHA."""
+        if not self.store.cluster:
+            return [(self._send_pipelined, list(range(len(calls))))]
+        by_node: dict[str, tuple] = {}
+        for i, (_, keys_, _) in enumerate(calls):
+            node = self.redis.get_node_from_key(keys_[0])
+            by_node.setdefault(node.name, (functools.partial(self._send_on_node, node), []))
+            by_node[node.name][1].append(i)
+        return list(by_node.values())
+
+    async def _send_pipelined(self, calls: list[tuple], acks: int, timeout_ms: int) -> list:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for script, keys_, args in calls:
+                pipe.evalsha(script.sha, len(keys_), *keys_, *args)
+            pipe.execute_command("WAIT", acks, timeout_ms)
+            return await pipe.execute(raise_on_error=False)
+
+    @staticmethod
+    async def _send_on_node(node, calls: list[tuple], acks: int, timeout_ms: int) -> list:
+        """On one connection of redis-py's own pool for that cluster node. A slot that moved
+        meanwhile answers MOVED: UNAVAILABLE, and the caller's resend goes to the new owner."""
+        commands = [pack_command(("EVALSHA", script.sha, len(keys_), *keys_, *args))
+                    for script, keys_, args in calls]
+        connection = node.acquire_connection()
+        try:
+            return await send_pipelined(
+                connection, [*commands, pack_command(("WAIT", acks, timeout_ms))])
+        finally:
+            node.release(connection)
 
     # -- reads ------------------------------------------------------------------------------
     async def get(self, ref: AgentRef) -> pb.AgentInfo | None:
