@@ -57,9 +57,10 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
                                              f"progress?): {exc}")
     if isinstance(exc, InvalidArgument):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, AskError):  # MOVED/ASK: a redis:// URL at a Redis Cluster node
-        return grpc.StatusCode.UNAVAILABLE, ("redis answered MOVED: REDIS_URL names one node of "
-                                             "a Redis Cluster; use redis+cluster://")
+    if isinstance(exc, AskError):  # MOVED/ASK that no retry followed
+        return grpc.StatusCode.UNAVAILABLE, ("redis answered MOVED or ASK: the namespace's slot "
+                                             "is moving (retry), or REDIS_URL names one node of "
+                                             "a Redis Cluster (use redis+cluster://)")
     if isinstance(exc, ResponseError) and not isinstance(exc, CLUSTER_DOWN):
         word, _, rest = str(exc).partition(" ")
         code = _SCRIPT_STATUS.get(word)
