@@ -20,7 +20,6 @@ from .config import Settings
 from .errors import RpcError
 from .expiry import Reaper
 from .http.app import HttpApp
-from .redis_target import TargetError
 from .registry_store import RegistryStore
 from .service import RegistryService
 from .store import Store
@@ -168,11 +167,7 @@ class Server:
         """Raises binding.StartupError (one line naming the setting) when it cannot listen, or
         the Redis deployment REDIS_URL names cannot be used at all."""
         binding.check(self.settings)
-        await self.store.connect()  # Redis Cluster: its topology, before serving
-        try:
-            await self.store.check_target()
-        except TargetError as exc:
-            raise binding.StartupError(f"REDIS_URL: {exc}") from None
+        await self.store.connect()  # the Redis deployment, checked before serving
         try:
             if self.tls:
                 self.port = self.grpc.add_secure_port(self.settings.address,

@@ -210,7 +210,7 @@ class Reaper:
 
     async def _listen_node(self, node, confirmed: set[str], changed: asyncio.Event) -> None:
         """Subscribes to `expired` on one primary until that fails or it is no longer one."""
-        client = redis_cluster.node_client(node, self.settings.redis_target, None)
+        client = redis_cluster.node_client(node, self.store.target, None)
         try:
             await self.store.enable_expiry_events(client)
             role = await client.execute_command("ROLE")

@@ -19,6 +19,7 @@ import asyncio
 import inspect
 import logging
 
+import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -144,7 +145,6 @@ def reader_client(target: RedisTarget) -> RedisCluster:
 
 def node_client(node, target: RedisTarget, socket_timeout: float | None):
     """A plain client of one cluster node (pub/sub on each primary: events are node-local)."""
-    import redis.asyncio as aioredis
     return aioredis.Redis(host=node.host, port=int(node.port), decode_responses=True,
                           socket_timeout=socket_timeout, socket_connect_timeout=CONNECT_TIMEOUT,
                           **_options(target))

@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError
 
 from . import keys, metrics, redis_cluster
+from .binding import StartupError
 from .config import Settings
 from .errors import REDIS_DOWN
 from .redis_target import RedisTarget, TargetError
@@ -44,13 +45,16 @@ class Store:
         if self.embedded:
             import fakeredis
             self._fake_server = fakeredis.FakeServer()
+        # REDIS_URL parsed once (config.validate checked it); None for the embedded store
+        self.target: RedisTarget | None = None if self.embedded else settings.redis_target
+        kind = self.target.kind if self.target else "embedded"
         self.sentinel: Sentinel | None = None
-        if settings.redis_url and settings.redis_target.kind == "sentinel":
-            self.sentinel = sentinel_manager(settings.redis_target)  # once (redis-py#3433)
-        self.cluster = not self.embedded and settings.redis_target.kind == "cluster"
+        if kind == "sentinel":
+            self.sentinel = sentinel_manager(self.target)  # once (redis-py#3433)
+        self.cluster = kind == "cluster"
         self.redis = self.client(COMMAND_TIMEOUT)
         # Redis Cluster: one client shared by every blocking log reader (redis_cluster.py)
-        self._readers = redis_cluster.reader_client(settings.redis_target) if self.cluster else None
+        self._readers = redis_cluster.reader_client(self.target) if self.cluster else None
         self._node = None                   # (host, port) the last new connection reached
         self._primary = None                # the node _check_failover last saw
         self._failover_listeners: list = []
@@ -68,7 +72,7 @@ class Store:
         if self.embedded:
             import fakeredis
             return fakeredis.aioredis.FakeRedis(server=self._fake_server, decode_responses=True)
-        target = self.settings.redis_target
+        target = self.target
         if target.kind == "cluster":   # redis_cluster.py (its own bounded clients)
             return redis_cluster.command_client(target, socket_timeout)
         # Few, fast retries: a caller should get UNAVAILABLE quickly when Redis is down.
@@ -85,20 +89,12 @@ class Store:
             url_options.get("connection_class", Connection))
         return aioredis.Redis.from_pool(BlockingConnectionPool(**{**options, **url_options}))
 
-    async def check_target(self) -> None:
-        """At start: TargetError (one line) when the deployment REDIS_URL names cannot be
-        used at all. Sentinel: no sentinel answers, or none monitors the primary's name. A
-        primary that is down while the sentinels know it is a failover under way: the server
-        starts NOT_SERVING and follows the primary once promoted."""
-        if self.sentinel is not None:
-            await check_sentinels(self.sentinel, self.settings.redis_target)
-
     async def node_url(self) -> str:
         """A redis:// URL of the node this store writes to (Sentinel: the primary now), for
         tools that talk to one node (redis-benchmark in the benchmark suite)."""
         if self.sentinel is None:
             return self.settings.redis_url
-        target = self.settings.redis_target
+        target = self.target
         host, port = await self.sentinel.discover_master(target.primary_name)
         user, password = target.options.get("username") or "", target.options.get("password")
         auth = f"{quote(user)}:{quote(password)}@" if password else ""
@@ -131,19 +127,23 @@ class Store:
             await listener()
 
     async def connect(self) -> None:
-        """Before serving. Redis Cluster: the clients learn the topology (redis-py#3935: races
-        on a client used before) and the scripts are loaded on every primary; an unreachable
-        seed list or a standalone node stops the start (StartupError naming REDIS_URL). One
-        node: a Redis Cluster node behind a redis:// URL is refused (it would answer MOVED for
-        most namespaces); an unreachable one is an outage the health probe reports."""
-        if self.embedded:
-            return
-        target = self.settings.redis_target
+        """Before serving; a deployment REDIS_URL names that cannot be used at all stops the
+        start (StartupError, one line naming REDIS_URL). Redis Cluster: the clients learn the
+        topology (redis-py#3935: races on a client used before) and the scripts are loaded on
+        every primary; an unreachable seed list or a standalone node is refused. Sentinel: no
+        sentinel answers, or none monitors the primary's name (a known primary that is down
+        is a failover under way: the server starts NOT_SERVING and follows it once promoted).
+        One node: a Redis Cluster node behind a redis:// URL is refused (it would answer MOVED
+        for most namespaces); an unreachable one is an outage the health probe reports."""
         if self.cluster:
-            await redis_cluster.connect(target, self.redis, self._readers)
-            return
-        if target.kind == "single":
-            await redis_cluster.refuse_cluster_node(target, self.redis)
+            await redis_cluster.connect(self.target, self.redis, self._readers)
+        elif self.sentinel is not None:
+            try:
+                await check_sentinels(self.sentinel, self.target)
+            except TargetError as exc:
+                raise StartupError(f"REDIS_URL: {exc}") from None
+        elif self.target is not None:
+            await redis_cluster.refuse_cluster_node(self.target, self.redis)
 
     def reader_client(self, socket_timeout: float, on_connect=None):
         """A client for a blocking reader (socket timeout above its block time, `on_connect`
@@ -164,7 +164,7 @@ class Store:
     def describe(self) -> str:
         if self.embedded:
             return "embedded, not persisted (in-process fakeredis; set REDIS_URL for real Redis)"
-        return self.settings.redis_target.describe()
+        return self.target.describe()
 
     async def ping(self) -> bool:
         try:
